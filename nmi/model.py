@@ -1,0 +1,150 @@
+"""Frozen value types that cross module boundaries.
+
+Everything the informer projects out of raw Kubernetes JSON, everything the IMDS parser produces and
+everything a token source returns is one of these. They carry no behaviour beyond small derived views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+# AzureIdentity spec.type values (aadpodidentity.k8s.io/v1).
+USER_ASSIGNED_MSI = 0
+SERVICE_PRINCIPAL = 1
+SERVICE_PRINCIPAL_CERTIFICATE = 2
+
+NAMESPACED_ANNOTATION = "aadpodidentity.k8s.io/Behavior"
+BINDING_LABEL = "aadpodidbinding"
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """A pod on this node as far as token brokering cares."""
+
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    phase: str = "Running"
+    labels: Mapping[str, str] = EMPTY
+    replicaset: str = ""  # name of the first ReplicaSet owner, "" if none
+    deleting: bool = False  # metadata.deletionTimestamp is set
+    host_network: bool = False
+    service_account: str = "default"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def live(self) -> bool:
+        """Pending or Running and not being deleted: the only pods that may own an IP."""
+        return self.phase in ("Pending", "Running") and not self.deleting
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An AzureIdentity (possibly the copy embedded in an AzureAssignedIdentity)."""
+
+    namespace: str
+    name: str
+    type: int = USER_ASSIGNED_MSI
+    client_id: str = ""
+    resource_id: str = ""
+    tenant_id: str = ""
+    auxiliary_tenant_ids: tuple[str, ...] = ()
+    ad_endpoint: str = ""
+    client_password: SecretRef | None = None
+    namespaced: bool = False  # annotation aadpodidentity.k8s.io/Behavior: namespaced
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """An AzureIdentityBinding."""
+
+    namespace: str
+    name: str
+    identity_name: str  # spec.azureIdentity
+    selector: str  # matched against the pod label aadpodidbinding
+    weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AssignedIdentity:
+    """An AzureAssignedIdentity written by MIC (standard mode)."""
+
+    namespace: str
+    name: str
+    pod: str
+    pod_namespace: str
+    node: str
+    status: str  # "", "Created", "Assigned", "Unassigned"
+    identity: Identity | None
+    binding_name: str = ""
+    binding_weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentityException:
+    """An AzurePodIdentityException."""
+
+    namespace: str
+    name: str
+    pod_labels: Mapping[str, str] = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """A parsed IMDS token request. At most one of the selectors is set."""
+
+    resource: str
+    client_id: str = ""
+    resource_id: str = ""  # msi_res_id or mi_res_id
+    object_id: str = ""
+    api_version: str = ""
+
+    @property
+    def selects(self) -> bool:
+        return bool(self.client_id or self.resource_id or self.object_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A token as issued upstream, with absolute times so remaining lifetime can be computed now."""
+
+    access_token: str
+    expires_on: int  # epoch seconds
+    resource: str
+    token_type: str = "Bearer"
+    not_before: int | None = None
+    client_id: str = ""
+    object_id: str = ""  # the `oid` claim, read (not verified) from the JWT when it is one
+    extra: Mapping[str, str] = field(default=EMPTY, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a token source answers: one token, or several for a service principal with auxiliary tenants
+    (primary tenant first), and whether it came from the cache."""
+
+    tokens: tuple[AccessToken, ...]
+    cached: bool = False
+
+    @property
+    def primary(self) -> AccessToken:
+        return self.tokens[0]

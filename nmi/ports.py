@@ -1,0 +1,51 @@
+"""The protocols the broker depends on. Adapters (informer/cache, tokens) implement them; tests may fake them.
+
+The broker imports only this module, `model` and `errors`: no foreign library.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Protocol
+
+from .model import AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenGrant
+
+
+class PodDirectory(Protocol):
+    async def pod_for_ip(self, ip: str) -> PodInfo:
+        """The live (Pending/Running, not deleting) pod on this node with this IP.
+
+        On a cache miss makes one bounded live lookup against the API server before giving up.
+        Raises errors.PodNotFound (503 + Retry-After) or errors.PodConflict (two live pods share the IP).
+        """
+
+    def pod_by_name(self, namespace: str, name: str) -> PodInfo | None:
+        """From the cache only."""
+
+
+class IdentityCatalog(Protocol):
+    def bindings(self, namespace: str) -> Iterable[Binding]: ...
+    def identities(self, namespace: str) -> Iterable[Identity]: ...
+    def exceptions(self, namespace: str) -> Iterable[PodIdentityException]: ...
+    def assigned(self, namespace: str, pod_name: str) -> Iterable[AssignedIdentity]: ...
+
+    async def wait_changed(self, timeout: float) -> bool:
+        """Wait until any identity object changes (event-driven, woken by the informer). False on timeout."""
+
+
+class SecretReader(Protocol):
+    async def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        """Live GET of a Secret's decoded data. Raises errors.IdentityConfigurationError naming the Secret
+        when it does not exist, errors.Unavailable when the API server cannot be reached."""
+
+
+class TokenSource(Protocol):
+    async def get(self, identity: Identity, resource: str) -> TokenGrant:
+        """A token for this identity and resource: from the cache, or one upstream call shared by all
+        concurrent callers. Raises NmiError subclasses (TokenRefused, Throttled, Unavailable,
+        IdentityConfigurationError)."""
+
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
+        """Straight from IMDS for the node's own identities (exception pods, MIC)."""
+
+    def forget(self, keep_identity_keys: set[str]) -> None:
+        """Drop cached tokens of identities no longer present."""
