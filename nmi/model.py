@@ -30,11 +30,13 @@ class PodInfo:
     uid: str
     ip: str
     phase: str = "Running"
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     replicaset: str = ""  # name of the first ReplicaSet owner, "" if none
     deleting: bool = False  # metadata.deletionTimestamp is set
     host_network: bool = False
     service_account: str = "default"
+    # metadata.resourceVersion: lets the index tell a live-lookup result from a newer watch event.
+    resource_version: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
@@ -105,7 +107,7 @@ class PodIdentityException:
 
     namespace: str
     name: str
-    pod_labels: Mapping[str, str] = EMPTY
+    pod_labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ class AccessToken:
     not_before: int | None = None
     client_id: str = ""
     object_id: str = ""  # the `oid` claim, read (not verified) from the JWT when it is one
-    extra: Mapping[str, str] = field(default=EMPTY, compare=False)
+    extra: Mapping[str, str] = field(default_factory=lambda: EMPTY, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,141 @@
+"""The use case: from a caller (pod IP, or a named pod for /host/token) and a token request to a token.
+
+Depends only on the ports, the value types, the errors and the pure resolution rules: no foreign library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from . import identities as rules
+from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
+from .model import Identity, PodInfo, TokenGrant, TokenRequest
+from .ports import IdentityCatalog, PodDirectory, TokenSource
+
+log = logging.getLogger(__name__)
+
+STANDARD = "standard"
+MANAGED = "managed"
+
+
+class PodNotOnNode(NmiError):
+    status = 404
+    error = "not_found"
+    default_description = "The pod is not known on this node"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPolicy:
+    mode: str = STANDARD
+    namespaced: bool = False
+    mic_namespace: str = "default"
+    wait_for_created: float = 80.0  # --retry-attempts-for-created x --find-identity-retry-interval
+    wait_total: float = 100.0  # (created + assigned attempts) x interval
+    retry_after_while_waiting: bool = False  # --set-retry-after-header
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    pod: PodInfo
+    identity: Identity | None  # None: the node's own identity (exception or MIC pod)
+    grant: TokenGrant
+
+
+class TokenBroker:
+    def __init__(self, pods: PodDirectory, catalog: IdentityCatalog, tokens: TokenSource, *,
+                 policy: BrokerPolicy, clock: Callable[[], float] | None = None) -> None:
+        self._pods = pods
+        self._catalog = catalog
+        self._tokens = tokens
+        self._policy = policy
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+
+    async def for_caller(self, ip: str, request: TokenRequest) -> Outcome:
+        """The token route: the caller is whoever owns the TCP peer address."""
+        pod = await self._pods.pod_for_ip(ip)
+        return await self._for_pod(pod, request, node_identity_allowed=True)
+
+    async def for_named_pod(self, namespace: str, name: str, request: TokenRequest) -> Outcome:
+        """/host/token: a node process asks on behalf of a named pod (no exception shortcut, as upstream)."""
+        pod = self._pods.pod_by_name(namespace, name)
+        if pod is None or not pod.live:
+            raise PodNotOnNode(f"Pod {namespace}/{name} is not running on this node")
+        return await self._for_pod(pod, request, node_identity_allowed=False)
+
+    async def _for_pod(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
+        if node_identity_allowed and self._uses_node_identity(pod):
+            log.info("exception pod %s uses the node's identity", pod.key)
+            grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,
+                                                    resource_id=request.resource_id)
+            return Outcome(pod, None, grant)
+        candidates = await self._candidates(pod, request)
+        if request.object_id:
+            return await self._by_object_id(pod, candidates, request)
+        identity = candidates[0]
+        grant = await self._tokens.get(identity, request.resource)
+        return Outcome(pod, identity, grant)
+
+    def _uses_node_identity(self, pod: PodInfo) -> bool:
+        return (rules.is_excepted(pod, self._catalog.exceptions(pod.namespace))
+                or rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace))
+
+    async def _by_object_id(self, pod: PodInfo, candidates: list[Identity], request: TokenRequest) -> Outcome:
+        """AzureIdentity carries no object ID: match the `oid` claim of tokens issued to the pod's own identities."""
+        wanted = request.object_id.lower()
+        for identity in candidates:
+            grant = await self._tokens.get(identity, request.resource)
+            if grant.primary.object_id.lower() == wanted:
+                return Outcome(pod, identity, grant)
+        raise IdentityNotFound()
+
+    async def _candidates(self, pod: PodInfo, request: TokenRequest) -> list[Identity]:
+        if self._policy.mode == MANAGED:
+            bound = rules.managed_identities(pod, self._catalog.bindings(pod.namespace),
+                                             self._catalog.identities(pod.namespace))
+            chosen = rules.select(bound, request)
+            if not chosen:
+                raise IdentityNotFound()
+            return chosen
+        return await self._wait_for_assignment(pod, request)
+
+    def _expected(self, pod: PodInfo) -> list[Identity]:
+        """Standard mode: identities the pod's bindings refer to, i.e. what MIC will assign."""
+        bindings = rules.matching_bindings(pod, self._catalog.bindings(None), same_namespace=self._policy.namespaced)
+        wanted = {(b.namespace, b.identity_name): b.weight for b in bindings}
+        namespaces = {ns for ns, _ in wanted}
+        found = [rules.Candidate(i, wanted[(i.namespace, i.name)])
+                 for ns in namespaces for i in self._catalog.identities(ns) if (i.namespace, i.name) in wanted]
+        return [i for i in rules.ordered(found) if rules.visible_to(pod, i, namespaced=self._policy.namespaced)]
+
+    async def _wait_for_assignment(self, pod: PodInfo, request: TokenRequest) -> list[Identity]:
+        """Wait, woken by the informer, until MIC assigns a matching identity or the upstream budget runs out."""
+        policy = self._policy
+        start = self._clock()
+        while True:
+            state = rules.standard_assignment(pod, self._catalog.assigned(pod.namespace, pod.name),
+                                              namespaced=policy.namespaced)
+            ready = rules.select(state.assigned, request)
+            if ready:
+                return ready
+            created = rules.select(state.created, request)
+            if not created and not rules.select(self._expected(pod), request):
+                raise IdentityNotFound()  # no binding can ever give this pod (this) identity: fail fast
+            elapsed = self._clock() - start
+            if elapsed >= policy.wait_total:
+                raise self._not_assigned(pod, "ASSIGNED")
+            if not created and elapsed >= policy.wait_for_created:
+                raise self._not_assigned(pod, "CREATED")
+            deadline = policy.wait_total if created else policy.wait_for_created
+            await self._catalog.wait_changed(timeout=max(0.0, deadline - elapsed))
+
+    def _not_assigned(self, pod: PodInfo, state: str) -> NmiError:
+        waited = self._policy.wait_total if state == "ASSIGNED" else self._policy.wait_for_created
+        text = (f"Identity of pod {pod.key} is not in {state} state after {waited:.0f}s."
+                " Check MIC pod logs for identity assignment errors")
+        log.warning("%s", text)
+        if self._policy.retry_after_while_waiting:
+            return Unavailable(text, retry_after=20)
+        return IdentityNotAssigned(text)

@@ -1,0 +1,243 @@
+"""Command line: the upstream NMI flag names (pflag/klog style) parsed into a frozen `Settings`.
+
+Bad values exit 2 with one line naming the flag; flags nmi does not implement are refused the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from typing import NoReturn, Sequence
+
+from . import __version__
+
+MODES = ("standard", "managed")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node: str = ""
+    listen_address: str = "127.0.0.1"
+    port: int = 2579
+    metadata_ip: str = "169.254.169.254"
+    metadata_port: int = 80
+    ipt_update_interval: int = 60
+    force_namespaced: bool = False
+    mic_namespace: str = "default"
+    probe_port: int = 8080
+    retry_attempts_for_created: int = 16
+    retry_attempts_for_assigned: int = 4
+    find_identity_retry_interval: int = 5
+    scale_features: bool = True
+    block_instance_metadata: bool = False
+    metadata_header_required: bool = True
+    prometheus_port: int = 9090
+    operation_mode: str = "standard"
+    allow_kubenet: bool = False
+    kubelet_config: str = "/etc/default/kubelet"
+    set_retry_after_header: bool = False
+    conntrack_deletion: bool = False
+    log_format: str = "text"
+    verbosity: int = 0
+    kubeconfig: str = ""
+    custom_user_agent: str = ""
+    # nmi's own flags (no upstream equivalent)
+    manage_iptables: bool = True
+    iptables_backend: str = "auto"
+    audit_events: bool = True
+
+    @property
+    def dnat_target(self) -> str:
+        return "127.0.0.1" if self.listen_address == "0.0.0.0" else self.listen_address
+
+    @property
+    def identity_wait_seconds(self) -> float:
+        """Standard mode: how long a request may wait for MIC to assign the pod's identity."""
+        return float((self.retry_attempts_for_created + self.retry_attempts_for_assigned) * self.find_identity_retry_interval)
+
+
+class UsageError(Exception):
+    pass
+
+
+class VersionRequested(Exception):
+    pass
+
+
+# Upstream flags nmi deliberately does not provide, with the reason given to the operator.
+REFUSED = {
+    "enableProfile": "profiling endpoints are not provided by nmi",
+    "vmodule": "per-module verbosity is not supported; use -v",
+    "log_dir": "nmi logs to stderr only",
+    "log_file": "nmi logs to stderr only",
+    "log_file_max_size": "nmi logs to stderr only",
+    "alsologtostderr": "nmi logs to stderr only",
+    "skip_headers": "not supported; use --log-format=json for machine-readable logs",
+    "skip_log_headers": "not supported; use --log-format=json for machine-readable logs",
+    "add_dir_header": "not supported",
+    "one_output": "not supported",
+    "stderrthreshold": "not supported",
+    "log_backtrace_at": "not supported",
+}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "t", "1"):
+        return True
+    if lowered in ("false", "f", "0"):
+        return False
+    raise ValueError(f"invalid boolean {text!r} (use true or false)")
+
+
+def parse_port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port {text!r}")
+    return port
+
+
+def parse_ip(text: str) -> str:
+    return str(ipaddress.IPv4Address(text.strip()))
+
+
+def parse_non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def parse_positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text!r}")
+    return value
+
+
+def choice(*allowed: str):
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        if lowered not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return lowered
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _typed(parse, flag: str):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = flag
+    return convert
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(prog="nmi", description="Node-level Azure token broker (drop-in for aad-pod-identity NMI)", allow_abbrev=False)
+
+    def flag(name: str, dest: str, parse, default, help_: str) -> None:
+        p.add_argument(f"--{name}", dest=dest, type=_typed(parse, f"--{name}"), default=default, help=help_)
+
+    def switch(name: str, dest: str, default: bool, help_: str) -> None:
+        p.add_argument(f"--{name}", dest=dest, nargs="?", const=True, type=_typed(parse_bool, f"--{name}"),
+                       default=default, help=f"{help_} (default {str(default).lower()})")
+
+    flag("node", "node", str, "", "name of this node (pods are watched with spec.nodeName=<node>)")
+    flag("nmi-listen-address", "listen_address", parse_ip, "127.0.0.1", "address the token server binds")
+    flag("nmi-port", "port", parse_port, 2579, "token server port")
+    flag("metadata-ip", "metadata_ip", parse_ip, "169.254.169.254", "instance metadata service IP")
+    flag("metadata-port", "metadata_port", parse_port, 80, "instance metadata service port")
+    flag("ipt-update-interval-sec", "ipt_update_interval", parse_positive, 60, "seconds between iptables checks")
+    switch("forceNamespaced", "force_namespaced", False, "namespaced mode (also env FORCENAMESPACED=true)")
+    flag("MICNamespace", "mic_namespace", str, "default", "namespace of the MIC deployment")
+    flag("http-probe-port", "probe_port", parse_port, 8080, "health probe port (/healthz, /readyz)")
+    flag("retry-attempts-for-created", "retry_attempts_for_created", parse_non_negative, 16, "standard mode wait budget")
+    flag("retry-attempts-for-assigned", "retry_attempts_for_assigned", parse_non_negative, 4, "standard mode wait budget")
+    flag("find-identity-retry-interval", "find_identity_retry_interval", parse_non_negative, 5, "seconds per attempt")
+    switch("enableScaleFeatures", "scale_features", True, "watch only this node's AzureAssignedIdentities")
+    switch("block-instance-metadata", "block_instance_metadata", False, "answer 403 to /metadata/instance")
+    switch("metadata-header-required", "metadata_header_required", True, "require the Metadata: true header")
+    flag("prometheus-port", "prometheus_port", parse_port, 9090, "metrics port (/metrics)")
+    flag("operation-mode", "operation_mode", choice(*MODES), "standard", "standard or managed")
+    switch("allow-network-plugin-kubenet", "allow_kubenet", False, "run on kubenet clusters")
+    flag("kubelet-config", "kubelet_config", str, "/etc/default/kubelet", "kubelet config inspected for kubenet")
+    switch("set-retry-after-header", "set_retry_after_header", False, "503 + Retry-After instead of 404 while waiting")
+    switch("enable-conntrack-deletion", "conntrack_deletion", False, "drop conntrack entries to IMDS after install")
+    flag("log-format", "log_format", choice("text", "json"), "text", "text or json")
+    flag("v", "verbosity", parse_non_negative, 0, "log verbosity")
+    flag("kubeconfig", "kubeconfig", str, "", "kubeconfig file (default: $KUBECONFIG, then in-cluster)")
+    flag("custom-user-agent", "custom_user_agent", str, "", "appended to the Kubernetes client User-Agent")
+    switch("logtostderr", "logtostderr", True, "accepted for compatibility; nmi always logs to stderr")
+    switch("manage-iptables", "manage_iptables", True, "install and supervise the aad-metadata chain")
+    flag("iptables-backend", "iptables_backend", choice("auto", "legacy", "nft"), "auto", "auto, legacy or nft")
+    switch("audit-events", "audit_events", True, "record token issuance as Events on the AzureIdentityBinding")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def _normalise(argv: Sequence[str]) -> list[str]:
+    """pflag/klog spellings: single-dash long flags (`-v=5`, `-nmi-port=1`) become `--...`."""
+    out: list[str] = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and arg != "-h" and not arg[1].isdigit():
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def _refused(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name in REFUSED:
+                return f"flag --{name} is not supported: {REFUSED[name]}"
+    return None
+
+
+def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) -> Settings:
+    """Parse flags; raises UsageError with a one-line message on bad input."""
+    environ = os.environ if environ is None else environ
+    args = _normalise(argv)
+    refused = _refused(args)
+    if refused:
+        raise UsageError(refused)
+    ns = _build_parser().parse_args(args)
+    if ns.version:
+        raise VersionRequested()
+    if not ns.logtostderr:
+        raise UsageError("flag --logtostderr=false is not supported: nmi logs to stderr only")
+    force_namespaced = ns.force_namespaced or environ.get("FORCENAMESPACED") == "true"
+    if ns.operation_mode == "managed" and not force_namespaced:
+        raise UsageError("flag --operation-mode=managed requires --forceNamespaced (managed mode is namespaced)")
+    values = {k: v for k, v in vars(ns).items() if k not in ("version", "logtostderr")}
+    values["force_namespaced"] = force_namespaced
+    values["kubeconfig"] = ns.kubeconfig or environ.get("KUBECONFIG", "")
+    return Settings(**values)
+
+
+def version_line() -> str:
+    return f"NMI Version: {__version__} (nmi, Python drop-in for aad-pod-identity NMI)"
+
+
+def load_settings(argv: Sequence[str]) -> Settings:
+    """For the entry point: print one line and exit 2 on bad flags; print the version and exit 0."""
+    try:
+        return parse_args(argv)
+    except VersionRequested:
+        print(version_line())
+        raise SystemExit(0)
+    except UsageError as exc:
+        print(f"nmi: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

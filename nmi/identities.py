@@ -1,0 +1,131 @@
+"""Pure identity resolution over cached CRDs: which identities a pod may use, in a deterministic order.
+
+Upstream picked "the first" identity in informer cache order, which alternated between restarts. Here the
+order is always: highest binding weight first, then identity namespace/name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .model import BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest
+
+ASSIGNED = "Assigned"
+CREATED = "Created"
+LEGACY_NO_STATE = ""  # written by MIC < 1.5: treated as assigned, as upstream does
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    identity: Identity
+    weight: int = 0
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        return (-self.weight, self.identity.namespace, self.identity.name)
+
+
+def ordered(candidates: Iterable[Candidate]) -> list[Identity]:
+    """Deterministic order without duplicates (the same identity through two bindings keeps its best weight)."""
+    best: dict[tuple[str, str], Candidate] = {}
+    for c in candidates:
+        key = (c.identity.namespace, c.identity.name)
+        if key not in best or c.weight > best[key].weight:
+            best[key] = c
+    return [c.identity for c in sorted(best.values(), key=lambda c: c.order)]
+
+
+def is_excepted(pod: PodInfo, exceptions: Iterable[PodIdentityException]) -> bool:
+    """Any label of any exception in the pod's namespace present on the pod with an equal value (case-insensitive)."""
+    for exc in exceptions:
+        if exc.namespace != pod.namespace:
+            continue
+        for key, value in exc.pod_labels.items():
+            if key in pod.labels and pod.labels[key].lower() == value.lower():
+                return True
+    return False
+
+
+def is_mic_pod(pod: PodInfo, *, mic_namespace: str) -> bool:
+    """Only pods of the Deployment literally named `mic` (ReplicaSet `mic-<pod-template-hash>`) in --MICNamespace.
+
+    Upstream accepted any ReplicaSet name starting with "mic", which let a Deployment named e.g. `mickey`
+    obtain the node's identities.
+    """
+    if pod.namespace.lower() != mic_namespace.lower() or not pod.replicaset:
+        return False
+    template_hash = pod.labels.get("pod-template-hash", "")
+    return bool(template_hash) and pod.replicaset == f"mic-{template_hash}"
+
+
+def binding_selector(pod: PodInfo) -> str:
+    return pod.labels.get(BINDING_LABEL, "")
+
+
+def matching_bindings(pod: PodInfo, bindings: Iterable[Binding], *, same_namespace: bool) -> list[Binding]:
+    """Bindings whose selector equals the pod's `aadpodidbinding` label. A pod without the label matches
+    nothing (upstream matched bindings with an empty selector to every unlabelled pod)."""
+    selector = binding_selector(pod)
+    if not selector:
+        return []
+    return [b for b in bindings if b.selector == selector and (b.namespace == pod.namespace or not same_namespace)]
+
+
+def managed_identities(pod: PodInfo, bindings: Iterable[Binding], identities: Iterable[Identity]) -> list[Identity]:
+    """Managed mode: AzureIdentityBinding -> AzureIdentity, both in the pod's namespace."""
+    weights: dict[str, int] = {}
+    for b in matching_bindings(pod, bindings, same_namespace=True):
+        weights[b.identity_name] = max(weights.get(b.identity_name, b.weight), b.weight)
+    return ordered(Candidate(i, weights[i.name]) for i in identities
+                   if i.namespace == pod.namespace and i.name in weights)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Standard mode: the pod's identities by MIC state, after the namespace filter."""
+
+    assigned: tuple[Identity, ...]
+    created: tuple[Identity, ...]
+
+
+def visible_to(pod: PodInfo, identity: Identity, *, namespaced: bool) -> bool:
+    if namespaced or identity.namespaced:
+        return identity.namespace == pod.namespace
+    return True
+
+
+def standard_assignment(pod: PodInfo, assigned: Iterable[AssignedIdentity], *, namespaced: bool) -> Assignment:
+    usable: list[Candidate] = []
+    created: list[Candidate] = []
+    for a in assigned:
+        if a.pod != pod.name or a.pod_namespace != pod.namespace or a.identity is None:
+            continue
+        if not visible_to(pod, a.identity, namespaced=namespaced):
+            continue
+        if a.status in (ASSIGNED, LEGACY_NO_STATE):
+            usable.append(Candidate(a.identity, a.binding_weight))
+        elif a.status == CREATED:
+            created.append(Candidate(a.identity, a.binding_weight))
+    return Assignment(assigned=tuple(ordered(usable)), created=tuple(ordered(created)))
+
+
+def _same(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
+
+
+def requested(identity: Identity, request: TokenRequest) -> bool:
+    """Does this identity answer the client_id / resource-id selector? Both compare case-insensitively
+    (GUIDs and ARM resource IDs are case-insensitive). object_id needs a token and is handled by the broker."""
+    if request.client_id:
+        return _same(identity.client_id, request.client_id)
+    if request.resource_id:
+        return _same(identity.resource_id.rstrip("/"), request.resource_id.rstrip("/"))
+    return True
+
+
+def select(identities: Sequence[Identity], request: TokenRequest) -> list[Identity]:
+    """The identities, in order, that may answer this request (object_id is not filtered here)."""
+    if request.object_id:
+        return list(identities)
+    return [i for i in identities if requested(i, request)]

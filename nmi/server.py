@@ -1,0 +1,192 @@
+"""aiohttp apps: the IMDS-compatible token server, the probe server and the metrics server.
+
+Handlers are thin: parse with `imds`, decide with the broker, render with `imds`. Every NmiError becomes IMDS
+JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from . import imds
+from .broker import Outcome, TokenBroker
+from .errors import BadRequest, Forbidden, NmiError
+from .imds import Route
+from .proxy import ImdsProxy
+
+log = logging.getLogger(__name__)
+
+HOST_CALLER = "127.0.0.1"
+
+@dataclass
+class DaemonState:
+    """What the probes report. Mutated only by the daemon's root tasks, on the loop."""
+
+    chain_installed: bool = False
+    caches_synced: bool = False
+    shutting_down: bool = False
+    chain_required: bool = True
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.chain_installed or not self.chain_required
+
+    @property
+    def ready(self) -> bool:
+        return self.active and self.caches_synced and not self.shutting_down
+
+    def not_ready_because(self) -> list[str]:
+        why = []
+        if not self.caches_synced:
+            why.append("caches not synced")
+        if not self.active:
+            why.append("aad-metadata chain not in place")
+        if self.shutting_down:
+            why.append("shutting down")
+        return why
+
+@dataclass(frozen=True, slots=True)
+class TokenServerConfig:
+    metadata_header_required: bool = True
+    block_instance_metadata: bool = False
+
+class AccessObserver:
+    """Hooks the server calls after each token request; the daemon plugs metrics, logs and audit in here."""
+
+    def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
+                      seconds: float) -> None:
+        """Called once per token-route or host-token request, whatever the status."""
+
+BROKER = web.AppKey("broker", TokenBroker)
+CONFIG = web.AppKey("config", TokenServerConfig)
+STATE = web.AppKey("state", DaemonState)
+OBSERVER = web.AppKey("observer", AccessObserver)
+PROXY = web.AppKey("proxy", ImdsProxy)
+
+def caller_ip(request: web.Request) -> str:
+    """The TCP peer address (DNAT keeps the pod's source address). IPv4-mapped IPv6 is unwrapped."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not peer:
+        return ""
+    address = ipaddress.ip_address(peer[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return str(address)
+
+def json_response(body: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+
+def error_response(error: NmiError) -> web.Response:
+    return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))
+
+@web.middleware
+async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    try:
+        return await handler(request)
+    except NmiError as error:
+        return error_response(error)
+    except web.HTTPException:
+        raise
+    except Exception:  # a bug: answer, log with traceback, keep serving
+        log.exception("internal error handling %s %s", request.method, request.path)
+        return error_response(NmiError("Internal error; see the nmi log"))
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    path = imds.normalise_path(request.raw_path)
+    route = imds.route_for(path, block_instance_metadata=config.block_instance_metadata)
+    if route is Route.TOKEN:
+        return await observed(request, route, token)
+    if route is Route.HOST_TOKEN:
+        return await observed(request, route, host_token)
+    if route is Route.INVALID_TOKEN_PATH:
+        raise BadRequest("Invalid request")
+    if route is Route.INSTANCE_BLOCKED:
+        raise Forbidden("Request blocked by AAD Pod Identity NMI")
+    imds.check_common(request.method, request.headers, metadata_required=config.metadata_header_required)
+    return await request.app[PROXY].forward(request, path)
+
+async def observed(request: web.Request, route: Route,
+                   handler: Callable[[web.Request], Awaitable[tuple[web.Response, Outcome, str]]]) -> web.Response:
+    """Runs a token handler and reports every request, including failed ones, to the observer."""
+    started = time.perf_counter()
+    outcome: Outcome | None = None
+    resource = ""
+    try:
+        response, outcome, resource = await handler(request)
+    except NmiError as error:
+        response = error_response(error)
+    except Exception:
+        log.exception("internal error handling %s %s", request.method, route.value)
+        response = error_response(NmiError("Internal error; see the nmi log"))
+    if not resource:
+        resource = request.query.get("resource", "")
+    request.app[OBSERVER].token_request(route=route.value, status=response.status, remote=caller_ip(request),
+                                        resource=resource, outcome=outcome,
+                                        seconds=time.perf_counter() - started)
+    return response
+
+async def token(request: web.Request) -> tuple[web.Response, Outcome, str]:
+    config = request.app[CONFIG]
+    parsed = imds.parse_token_request(request.method, request.headers, imds.parse_query(request.query_string),
+                                      metadata_required=config.metadata_header_required)
+    outcome = await request.app[BROKER].for_caller(caller_ip(request), parsed)
+    body = imds.render_tokens(outcome.grant.tokens, resource=parsed.resource, now=time.time())
+    return json_response(body), outcome, parsed.resource
+
+async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
+    if caller_ip(request) != HOST_CALLER:
+        raise Forbidden("/host/token is only served to callers on the node's loopback address")
+    podns, podname = request.headers.get("podns", ""), request.headers.get("podname", "")
+    if not podns or not podname:
+        raise BadRequest("missing 'podname' and 'podns' from request header")
+    parsed = imds.parse_token_request(request.method, request.headers, imds.parse_query(request.query_string),
+                                      metadata_required=False)
+    outcome = await request.app[BROKER].for_named_pod(podns, podname, parsed)
+    client_id = outcome.identity.client_id if outcome.identity else ""
+    body = imds.render_host_token(outcome.grant.primary, resource=parsed.resource, client_id=client_id, now=time.time())
+    return json_response(body), outcome, parsed.resource
+
+def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonState, proxy: ImdsProxy,
+              observer: AccessObserver | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_as_imds_json], client_max_size=64 * 1024)
+    app[BROKER] = broker
+    app[CONFIG] = config
+    app[STATE] = state
+    app[PROXY] = proxy
+    app[OBSERVER] = observer or AccessObserver()
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+def probe_app(state: DaemonState) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="Active" if state.active else "Not Active")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if state.ready:
+            return web.Response(text="ok")
+        return web.Response(text="not ready: " + ", ".join(state.not_ready_because()), status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/healthz", healthz)
+    app.router.add_route("*", "/readyz", readyz)
+    return app
+
+def metrics_app(render: Callable[[], tuple[bytes, str]]) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = render()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+

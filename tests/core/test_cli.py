@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import pytest
+
+from nmi.cli import Settings, UsageError, parse_args
+
+
+def test_defaults_match_upstream():
+    s = parse_args([], environ={})
+    assert (s.listen_address, s.port, s.metadata_ip, s.metadata_port) == ("127.0.0.1", 2579, "169.254.169.254", 80)
+    assert (s.ipt_update_interval, s.probe_port, s.prometheus_port) == (60, 8080, 9090)
+    assert (s.retry_attempts_for_created, s.retry_attempts_for_assigned, s.find_identity_retry_interval) == (16, 4, 5)
+    assert s.scale_features and s.metadata_header_required and not s.block_instance_metadata
+    assert s.operation_mode == "standard" and s.mic_namespace == "default" and s.log_format == "text"
+    assert s.identity_wait_seconds == 100
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["--forceNamespaced"], "force_namespaced", True),
+    (["--forceNamespaced=true"], "force_namespaced", True),
+    (["--metadata-header-required=false"], "metadata_header_required", False),
+    (["--enableScaleFeatures=false"], "scale_features", False),
+    (["-v=5"], "verbosity", 5),
+    (["--v", "3"], "verbosity", 3),
+    (["-nmi-port=3000"], "port", 3000),
+    (["--operation-mode=MANAGED", "--forceNamespaced"], "operation_mode", "managed"),
+    (["--node=$(NODE_NAME)"], "node", "$(NODE_NAME)"),
+    (["--nmi-listen-address=0.0.0.0"], "listen_address", "0.0.0.0"),
+])
+def test_upstream_spellings_are_accepted(argv, field, value):
+    assert getattr(parse_args(argv, environ={}), field) == value
+
+
+def test_forcenamespaced_env_var_only_when_exactly_true():
+    assert parse_args([], environ={"FORCENAMESPACED": "true"}).force_namespaced
+    assert not parse_args([], environ={"FORCENAMESPACED": "True"}).force_namespaced
+
+
+def test_listen_address_0000_means_dnat_to_loopback():
+    assert parse_args(["--nmi-listen-address=0.0.0.0"], environ={}).dnat_target == "127.0.0.1"
+    assert parse_args(["--nmi-listen-address=10.0.0.1"], environ={}).dnat_target == "10.0.0.1"
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--nmi-port=x"], "--nmi-port"),
+    (["--nmi-port=70000"], "--nmi-port"),
+    (["--ipt-update-interval-sec=0"], "--ipt-update-interval-sec"),
+    (["--operation-mode=weird"], "--operation-mode"),
+    (["--operation-mode=managed"], "--forceNamespaced"),
+    (["--log-format=xml"], "--log-format"),
+    (["--metadata-ip=not-an-ip"], "--metadata-ip"),
+    (["--forceNamespaced=maybe"], "--forceNamespaced"),
+    (["--enableProfile"], "--enableProfile"),
+    (["--bogus-flag"], "--bogus-flag"),
+])
+def test_bad_flags_name_the_flag(argv, named):
+    with pytest.raises(UsageError) as info:
+        parse_args(argv, environ={})
+    assert named in str(info.value)
+
+
+def run_nmi(*args):
+    return subprocess.run([sys.executable, "-m", "nmi", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_bad_flag_exits_2_with_one_line_and_no_traceback():
+    result = run_nmi("--nmi-port=abc")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--nmi-port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version_prints_and_exits_0():
+    result = run_nmi("--version")
+    assert result.returncode == 0 and "NMI Version: " in result.stdout
+
+
+def test_settings_is_frozen():
+    with pytest.raises(Exception):
+        Settings().port = 1  # type: ignore[misc]
