@@ -12,7 +12,7 @@ from typing import Callable
 
 from . import identities as rules
 from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
-from .model import Identity, PodInfo, TokenGrant, TokenRequest
+from .model import Binding, Identity, PodInfo, TokenGrant, TokenRequest
 from .ports import IdentityCatalog, PodDirectory, TokenSource
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Outcome:
     pod: PodInfo
     identity: Identity | None  # None: the node's own identity (exception or MIC pod)
     grant: TokenGrant
+    binding: Binding | None = None  # the binding that gave the pod this identity (for the audit trail)
 
 
 class TokenBroker:
@@ -73,22 +74,28 @@ class TokenBroker:
             return Outcome(pod, None, grant)
         candidates = await self._candidates(pod, request)
         if request.object_id:
-            return await self._by_object_id(pod, candidates, request)
-        identity = candidates[0]
-        grant = await self._tokens.get(identity, request.resource)
-        return Outcome(pod, identity, grant)
+            identity, grant = await self._by_object_id(candidates, request)
+        else:
+            identity = candidates[0]
+            grant = await self._tokens.get(identity, request.resource)
+        return Outcome(pod, identity, grant, self._binding_for(pod, identity))
+
+    def _binding_for(self, pod: PodInfo, identity: Identity) -> Binding | None:
+        bindings = rules.matching_bindings(pod, self._catalog.bindings(identity.namespace), same_namespace=False)
+        mine = [b for b in bindings if b.identity_name == identity.name]
+        return max(mine, key=lambda b: (b.weight, b.name), default=None)
 
     def _uses_node_identity(self, pod: PodInfo) -> bool:
         return (rules.is_excepted(pod, self._catalog.exceptions(pod.namespace))
                 or rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace))
 
-    async def _by_object_id(self, pod: PodInfo, candidates: list[Identity], request: TokenRequest) -> Outcome:
+    async def _by_object_id(self, candidates: list[Identity], request: TokenRequest) -> tuple[Identity, TokenGrant]:
         """AzureIdentity carries no object ID: match the `oid` claim of tokens issued to the pod's own identities."""
         wanted = request.object_id.lower()
         for identity in candidates:
             grant = await self._tokens.get(identity, request.resource)
             if grant.primary.object_id.lower() == wanted:
-                return Outcome(pod, identity, grant)
+                return identity, grant
         raise IdentityNotFound()
 
     async def _candidates(self, pod: PodInfo, request: TokenRequest) -> list[Identity]:

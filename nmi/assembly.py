@@ -1,0 +1,187 @@
+"""Builds nmi's parts from Settings: the indexes and informers, the token service, the broker, the
+observability hooks and the iptables supervisor. Every part that owns a resource registers its cleanup on
+the caller's exit stack, so a failure half-way through start-up still releases what was built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Coroutine
+
+from .audit import AuditRecorder
+from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
+from .cache import IdentityIndex, PodIndex
+from .cli import Settings
+from .kube.client import KubeConfigError, build_api_client
+from .kube.events import KubeEventWriter
+from .kube.reads import KubeSecretReader, LivePodLookup
+from .kube.watches import node_informers
+from .logs import log_access
+from .metrics import Metrics
+from .proxy import ImdsProxy
+from .server import AccessObserver, DaemonState, TokenServerConfig
+from .tokens import TokenService
+
+log = logging.getLogger("nmi")
+
+
+class StartupError(Exception):
+    """A configuration or environment problem found at start: one line, exit 1, no traceback."""
+
+
+@dataclass
+class Parts:
+    broker: TokenBroker
+    proxy: ImdsProxy
+    metrics: Metrics
+    observer: AccessObserver
+    server_config: TokenServerConfig
+    root_tasks: dict[str, Coroutine]
+    chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+
+
+class TokenObserver(AccessObserver):
+    """Per token request: the upstream metric, one access line, and the audit record on success."""
+
+    def __init__(self, metrics: Metrics, state: DaemonState, audit: AuditRecorder | None, catalog: IdentityIndex) -> None:
+        self._metrics, self._state, self._audit, self._catalog = metrics, state, audit, catalog
+
+    def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
+                      seconds: float) -> None:
+        pod = outcome.pod if outcome else None
+        self._metrics.observe_request(route=route, status=status, namespace=pod.namespace if pod else "",
+                                      resource=resource, seconds=seconds)
+        if outcome is not None:
+            self._metrics.cache_lookup(hit=outcome.grant.cached)
+        if not self._state.ready:
+            self._metrics.served_not_ready()
+        identity = outcome.identity if outcome else None
+        log_access(pod=pod.key if pod else "", identity_client_id=identity.client_id if identity else "",
+                   resource=resource, status=status, cache_hit=bool(outcome and outcome.grant.cached),
+                   seconds=seconds, method="GET", route=route, remote=remote)
+        if self._audit is not None and outcome is not None and outcome.binding is not None and identity is not None:
+            self._audit.record(outcome.binding.namespace, outcome.binding.name, outcome.pod.namespace,
+                               outcome.pod.name, identity.name, resource)
+
+
+def _upstream_hooks(metrics: Metrics):
+    def observe(operation: str, seconds: float, ok: bool) -> None:
+        if ok:
+            metrics.imds_succeeded(operation, seconds=seconds)
+        else:
+            metrics.imds_error(operation)
+
+    def in_flight(source: str, delta: int) -> None:
+        metrics.upstream_in_flight(source, delta)
+
+    return observe, in_flight
+
+
+async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitStack) -> Parts:
+    problem = _node_problem(settings)
+    if problem:
+        raise StartupError(problem)
+    try:
+        api_client = build_api_client(kubeconfig=settings.kubeconfig or None)
+    except KubeConfigError as exc:
+        raise StartupError(f"--kubeconfig: {exc}") from exc
+    stack.callback(api_client.close)
+    metrics = Metrics()
+
+    live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error("get_pod_list"))
+    stack.callback(live.close)
+    pods = PodIndex(live.live_pods_for_ip, on_change=None)
+    pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
+    catalog = IdentityIndex()
+    informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
+                               managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
+                               on_restart=metrics.watch_restarted,
+                               on_api_error=lambda resource, operation: metrics.kube_error(operation))
+    secrets = KubeSecretReader(api_client)
+    stack.callback(secrets.close)
+    observe, in_flight = _upstream_hooks(metrics)
+    tokens = TokenService(secrets, metadata_ip=settings.metadata_ip, metadata_port=settings.metadata_port,
+                          observe_upstream=observe, in_flight=in_flight)
+    stack.push_async_callback(tokens.close)
+    policy = BrokerPolicy(
+        mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
+        wait_for_created=float(settings.retry_attempts_for_created * settings.find_identity_retry_interval),
+        wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy)
+    proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
+    await proxy.start()
+    stack.push_async_callback(proxy.close)
+
+    audit = None
+    root_tasks: dict[str, Coroutine] = {}
+    if settings.audit_events:
+        writer = KubeEventWriter(api_client)
+        stack.callback(writer.close)
+        audit = AuditRecorder(writer, node=settings.node, on_dropped=metrics.audit_events_dropped)
+        root_tasks["audit"] = audit.run()
+    for informer in informers:
+        root_tasks[f"watch-{informer.target.resource}"] = informer.run()
+    root_tasks["caches-synced"] = _mark_synced(state, [i.synced for i in informers])
+    root_tasks["forget-vanished-identities"] = _forget_vanished(catalog, tokens)
+
+    return Parts(broker=broker, proxy=proxy, metrics=metrics,
+                 observer=TokenObserver(metrics, state, audit, catalog),
+                 server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
+                                                 block_instance_metadata=settings.block_instance_metadata),
+                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+
+
+async def _mark_synced(state: DaemonState, events: list[asyncio.Event]) -> None:
+    await asyncio.gather(*(e.wait() for e in events))
+    state.caches_synced = True
+    log.info("caches synced")
+    await asyncio.Event().wait()  # a root task lives as long as the daemon
+
+
+async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None:
+    """Tokens of identities that disappeared are dropped from the cache."""
+    while True:
+        await catalog.wait_changed(timeout=3600)
+        tokens.forget(catalog.identity_keys())
+
+
+def _node_problem(settings: Settings) -> str | None:
+    if not settings.manage_iptables:
+        return None
+    from iptables.node import check_kubenet, check_route_localnet
+
+    return check_kubenet(settings.kubelet_config, allow=settings.allow_kubenet) or check_route_localnet(
+        settings.dnat_target)
+
+
+def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
+    from iptables.detect import detect_backend
+    from iptables.errors import BackendUnavailable
+    from iptables.node import delete_conntrack
+    from iptables.rules import ChainSpec
+    from iptables.supervisor import supervise
+
+    try:
+        backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
+    except BackendUnavailable as exc:
+        raise StartupError(f"--iptables-backend: {exc}") from exc
+    log.info("iptables backend %s: %s", choice.mode, choice.reason)
+    spec = ChainSpec(metadata_ip=settings.metadata_ip, metadata_port=settings.metadata_port,
+                     target_ip=settings.dnat_target, target_port=settings.port)
+
+    def on_state(ok: bool) -> None:
+        state.chain_installed = ok
+
+    def conntrack() -> None:
+        deleted = delete_conntrack(settings.metadata_ip, settings.metadata_port)
+        log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
+
+    async def run(stop: asyncio.Event) -> None:
+        await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
+                        on_repair=metrics.iptables_repaired,
+                        after_install=conntrack if settings.conntrack_deletion else None)
+
+    return run

@@ -1,0 +1,137 @@
+"""The composition root and supervisor: builds every part from Settings, runs the named root tasks, and shuts
+down in a fixed order on SIGTERM/SIGINT (stop accepting -> remove the chain -> drain -> exit).
+
+If any root task dies the daemon stops (exit 1) and Kubernetes restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from . import __version__
+from .assembly import Parts, StartupError, assemble
+from .cli import Settings
+from .server import DaemonState, metrics_app, probe_app, token_app
+
+log = logging.getLogger("nmi")
+
+SHUTDOWN_DRAIN_SECONDS = 5.0
+LAST_RESORT_SECONDS = 20.0  # below the DaemonSet's 30 s termination grace period
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    state: DaemonState = field(default_factory=DaemonState)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> int:
+        settings = self.settings
+        self.state.chain_required = settings.manage_iptables
+        async with AsyncExitStack() as stack:
+            parts: Parts = await assemble(settings, state=self.state, stack=stack)
+            token_runner = web.AppRunner(token_app(parts.broker, config=parts.server_config, state=self.state,
+                                                   proxy=parts.proxy, observer=parts.observer),
+                                         access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
+            side_runners = [web.AppRunner(probe_app(self.state), access_log=None),
+                            web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
+            for runner in (token_runner, *side_runners):
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+            await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port")
+            await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port")
+            tasks = {name: asyncio.create_task(coro, name=name) for name, coro in parts.root_tasks.items()}
+            chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
+            token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port")
+            log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
+                     settings.operation_mode)
+            died = await self._wait(list(tasks.values()) + ([chain] if chain else []))
+            self.state.shutting_down = True
+            log.info("shutting down%s", f": root task {died.get_name()} ended" if died else "")
+            await token_site.stop()  # 1. stop accepting
+            self.stop.set()
+            if chain is not None:  # 2. remove the chain (the supervisor does it on stop)
+                await _finish(chain)
+            await token_runner.shutdown()  # 3. drain in-flight requests
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            if died is not None and not died.cancelled() and died.exception() is not None:
+                log.error("root task %s failed: %s", died.get_name(), died.exception())
+            return 1 if died is not None else 0
+
+    async def _wait(self, tasks: list[asyncio.Task]) -> asyncio.Task | None:
+        stopper = asyncio.create_task(self.stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        died = [t for t in done if t is not stopper]
+        return died[0] if died else None
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, flag: str) -> web.TCPSite:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return site
+
+
+async def _finish(task: asyncio.Task) -> None:
+    try:
+        await asyncio.wait_for(task, timeout=LAST_RESORT_SECONDS / 2)
+    except asyncio.TimeoutError:
+        log.error("iptables chain removal did not finish in time")
+    except Exception as exc:  # the error was the task's; report it and carry on shutting down
+        log.error("iptables supervisor failed: %s", exc)
+
+
+def _last_resort_timer() -> threading.Timer:
+    def expire() -> None:
+        log.error("shutdown took longer than %.0fs; exiting now", LAST_RESORT_SECONDS)
+        os._exit(1)
+
+    timer = threading.Timer(LAST_RESORT_SECONDS, expire)
+    timer.daemon = True
+    return timer
+
+
+async def serve(settings: Settings) -> int:
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    timer = _last_resort_timer()
+
+    def on_signal(signum: int) -> None:
+        if not daemon.stop.is_set():
+            log.info("received %s", signal.Signals(signum).name)
+            timer.start()
+            daemon.stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await daemon.run()
+    finally:
+        timer.cancel()
+
+
+def run(settings: Settings) -> int:
+    """Entry point: returns the process exit code. Start-up problems are one line on stderr, exit 1."""
+    from .logs import setup_logging
+
+    setup_logging(log_format=settings.log_format, verbosity=settings.verbosity)
+    try:
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
