@@ -125,7 +125,6 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     for informer in informers:
         root_tasks[f"watch-{informer.target.resource}"] = informer.run()
     root_tasks["caches-synced"] = _mark_synced(state, [i.synced for i in informers])
-    root_tasks["forget-vanished-identities"] = _forget_vanished(catalog, tokens)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit, catalog),

@@ -1,0 +1,1 @@
+"""The README's main job: nmi serving real clients on an embedded default (fake API server and fake IMDS)."""

@@ -1,0 +1,67 @@
+"""RBAC grants nmi exactly what it reads in each mode: read-only, no wildcards; Secrets only with the
+service-principal-secrets component, and Events only with the audit-events component, which also turns
+the audit on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import OVERLAYS, find_one, render_overlay, write_overlay_with_components
+from .kustomize_render import Manifest, render_kustomization
+
+GROUP = "aadpodidentity.k8s.io"
+COMMON_GRANTS = {("", "pods", "list"), ("", "pods", "watch"),
+                 (GROUP, "azurepodidentityexceptions", "list"), (GROUP, "azurepodidentityexceptions", "watch")}
+MODE_GRANTS = {
+    "managed": {(GROUP, "azureidentities", "list"), (GROUP, "azureidentities", "watch"),
+                (GROUP, "azureidentitybindings", "list"), (GROUP, "azureidentitybindings", "watch")},
+    "standard": {(GROUP, "azureassignedidentities", "list"), (GROUP, "azureassignedidentities", "watch")},
+}
+
+
+def _grants(objects: list[Manifest]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) granted to nmi's ServiceAccount through ClusterRoleBindings."""
+    roles = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ClusterRole"}
+    grants = set()
+    for binding in (obj for obj in objects if obj["kind"] == "ClusterRoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nmi", "namespace": "kube-system"}]
+        assert binding["roleRef"]["kind"] == "ClusterRole"
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            grants |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return grants
+
+
+def test_each_mode_grants_only_the_reads_that_mode_makes(mode):
+    assert _grants(render_overlay(mode)) == COMMON_GRANTS | MODE_GRANTS[mode]
+
+
+def test_secrets_are_readable_by_name_only_with_the_component(mode, tmp_path: Path):
+    without = _grants(render_overlay(mode))
+    directory = write_overlay_with_components(mode, tmp_path, ("service-principal-secrets",))
+    with_component = _grants(render_kustomization(directory))
+    assert not any(resource == "secrets" for _, resource, _ in without)
+    assert with_component - without == {("", "secrets", "get")}
+
+
+def _args(objects: list[Manifest]) -> list[str]:
+    return find_one(objects, "DaemonSet", "nmi")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_events_are_granted_exactly_when_the_audit_is_on(mode, tmp_path: Path):
+    without = render_overlay(mode)
+    with_audit = render_kustomization(write_overlay_with_components(mode, tmp_path, ("audit-events",)))
+    assert not any(resource == "events" for _, resource, _ in _grants(without))
+    assert "--audit-events=false" in _args(without)
+    assert _grants(with_audit) - _grants(without) == {("", "events", "create")}
+    assert "--audit-events=true" in _args(with_audit)
+    assert not any(arg.startswith("--audit-events=false") for arg in _args(with_audit))
+
+
+def test_bindings_name_the_daemonsets_service_account():
+    for mode in OVERLAYS:
+        objects = render_overlay(mode)
+        account = find_one(objects, "ServiceAccount", "nmi")
+        daemonset = find_one(objects, "DaemonSet", "nmi")
+        assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert daemonset["metadata"]["namespace"] == account["metadata"]["namespace"] == "kube-system"
