@@ -50,16 +50,17 @@ class TokenObserver(AccessObserver):
         self._metrics, self._state, self._audit, self._catalog = metrics, state, audit, catalog
 
     def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
-                      seconds: float) -> None:
+                      pod_key: str, seconds: float) -> None:
         pod = outcome.pod if outcome else None
-        self._metrics.observe_request(route=route, status=status, namespace=pod.namespace if pod else "",
+        pod_key = pod.key if pod else pod_key
+        self._metrics.observe_request(route=route, status=status, namespace=pod_key.partition("/")[0],
                                       resource=resource, seconds=seconds)
         if outcome is not None:
             self._metrics.cache_lookup(hit=outcome.grant.cached)
         if not self._state.ready:
             self._metrics.served_not_ready()
         identity = outcome.identity if outcome else None
-        log_access(pod=pod.key if pod else "", identity_client_id=identity.client_id if identity else "",
+        log_access(pod=pod_key, identity_client_id=identity.client_id if identity else "",
                    resource=resource, status=status, cache_hit=bool(outcome and outcome.grant.cached),
                    seconds=seconds, method="GET", route=route, remote=remote)
         if self._audit is not None and outcome is not None and outcome.binding is not None and identity is not None:

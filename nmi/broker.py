@@ -67,6 +67,13 @@ class TokenBroker:
         return await self._for_pod(pod, request, node_identity_allowed=False)
 
     async def _for_pod(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
+        try:
+            return await self._resolve_and_get(pod, request, node_identity_allowed=node_identity_allowed)
+        except NmiError as error:
+            error.pod_key = pod.key
+            raise
+
+    async def _resolve_and_get(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
         if node_identity_allowed and self._uses_node_identity(pod):
             log.info("exception pod %s uses the node's identity", pod.key)
             grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,

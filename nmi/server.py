@@ -61,8 +61,9 @@ class AccessObserver:
     """Hooks the server calls after each token request; the daemon plugs metrics, logs and audit in here."""
 
     def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
-                      seconds: float) -> None:
-        """Called once per token-route or host-token request, whatever the status."""
+                      pod_key: str, seconds: float) -> None:
+        """Called once per token-route or host-token request, whatever the status. `pod_key` names the caller
+        when it was identified but the request failed afterwards."""
 
 BROKER = web.AppKey("broker", TokenBroker)
 CONFIG = web.AppKey("config", TokenServerConfig)
@@ -118,18 +119,19 @@ async def observed(request: web.Request, route: Route,
     """Runs a token handler and reports every request, including failed ones, to the observer."""
     started = time.perf_counter()
     outcome: Outcome | None = None
-    resource = ""
+    resource = pod_key = ""
     try:
         response, outcome, resource = await handler(request)
     except NmiError as error:
         response = error_response(error)
+        pod_key = error.pod_key
     except Exception:
         log.exception("internal error handling %s %s", request.method, route.value)
         response = error_response(NmiError("Internal error; see the nmi log"))
     if not resource:
         resource = request.query.get("resource", "")
     request.app[OBSERVER].token_request(route=route.value, status=response.status, remote=caller_ip(request),
-                                        resource=resource, outcome=outcome,
+                                        resource=resource, outcome=outcome, pod_key=pod_key,
                                         seconds=time.perf_counter() - started)
     return response
 

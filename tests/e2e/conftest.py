@@ -1,0 +1,50 @@
+import pytest
+
+from nmi.fakes.imds import VmIdentity
+from nmi.fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
+
+from tests.e2e.harness import BackgroundFakes, NmiProcess
+
+NODE = "e2e-node"
+NS = "e2e"
+RID = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}"
+A = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa", object_id="0a000000-0000-4000-8000-00000000000a",
+               resource_id=RID.format("id-a"))
+B = VmIdentity(client_id="bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb", object_id="0b000000-0000-4000-8000-00000000000b",
+               resource_id=RID.format("id-b"))
+C = VmIdentity(client_id="cccccccc-3333-4333-8333-cccccccccccc", object_id="0c000000-0000-4000-8000-00000000000c",
+               resource_id=RID.format("id-c"))
+NODE_IDENTITY = VmIdentity(client_id="dddddddd-4444-4444-8444-dddddddddddd", system_assigned=True)
+
+
+def managed_world() -> list[dict]:
+    objects = [make_identity(name, NS, client_id=vm.client_id, resource_id=vm.resource_id)
+               for name, vm in (("id-a", A), ("id-b", B), ("id-c", C))]
+    objects += [make_binding("b-a", NS, identity="id-a", selector="app", weight=1),
+                make_binding("b-b", NS, identity="id-b", selector="app", weight=5),
+                make_exception("system", NS, pod_labels={"component": "system"}),
+                make_pod("app", NS, "127.0.0.1", NODE, labels={"aadpodidbinding": "app"}),
+                make_pod("other", NS, "127.0.0.2", NODE, labels={"app": "other"}),
+                make_pod("system", NS, "127.0.0.3", NODE, labels={"component": "SYSTEM"}),
+                make_pod("done", NS, "127.0.0.4", NODE, labels={"aadpodidbinding": "app"}, phase="Succeeded"),
+                make_pod("elsewhere", NS, "127.0.0.5", "another-node", labels={"aadpodidbinding": "app"})]
+    return objects
+
+
+@pytest.fixture(scope="module")
+def fakes():
+    fakes = BackgroundFakes([A, B, C, NODE_IDENTITY])
+    fakes.start()
+    for obj in managed_world():
+        fakes.put(obj)
+    yield fakes
+    fakes.stop()
+
+
+@pytest.fixture(scope="module")
+def nmi(fakes, tmp_path_factory):
+    process = NmiProcess(tmp_path_factory.mktemp("nmi"), fakes, node=NODE,
+                         extra=["--operation-mode=managed", "--forceNamespaced"])
+    process.start()
+    yield process
+    assert process.stop() == 0

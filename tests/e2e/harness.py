@@ -1,0 +1,133 @@
+"""Black-box harness: the real nmi process on loopback, fakes of the API server and IMDS in a background
+thread of the test process (so tests can change the cluster while nmi runs), and plain HTTP callers that pick
+their source address in 127.0.0.0/8 to play different pods."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from nmi.demo.world import kubeconfig
+from nmi.fakes.apiserver import FakeApiServer
+from nmi.fakes.imds import FakeImds, VmIdentity
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BackgroundFakes:
+    """FakeApiServer + FakeImds on their own event loop thread; `call(fn)` runs fn on that loop."""
+
+    def __init__(self, vm_identities: list[VmIdentity]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.api = FakeApiServer(bookmark_interval=1.0)
+        self.imds = FakeImds(vm_identities)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fakes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self.api.start())
+        self.run(self.imds.start())
+
+    def run(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        async def wrapper():
+            return fn()
+        return self.run(wrapper())
+
+    def put(self, obj: dict) -> None:
+        self.call(lambda: self.api.put(obj))
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.call(lambda: self.api.delete(kind, namespace, name))
+
+    def stop(self) -> None:
+        try:
+            self.run(self.imds.stop())
+            self.run(self.api.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class NmiProcess:
+    def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str]) -> None:
+        self.port, self.probe_port, self.metrics_port = free_port(), free_port(), free_port()
+        config = tmp / "kubeconfig"
+        config.write_text(kubeconfig(fakes.api.url))
+        self.log_path = tmp / "nmi.log"
+        self.argv = [sys.executable, "-m", "nmi", f"--node={node}", f"--nmi-port={self.port}",
+                     f"--http-probe-port={self.probe_port}", f"--prometheus-port={self.metrics_port}",
+                     "--metadata-ip=127.0.0.1", f"--metadata-port={fakes.imds.port}", f"--kubeconfig={config}",
+                     "--manage-iptables=false", *extra]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"nmi exited: {self.log_path.read_text()}"
+            try:
+                if self.get("/readyz", port=self.probe_port).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("nmi did not become ready:\n" + self.log_path.read_text())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def get(self, path: str, *, source: str = "127.0.0.1", headers: dict[str, str] | None = None,
+            method: str = "GET", port: int | None = None, timeout: float = 30) -> Answer:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=timeout, source_address=(source, 0))
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return Answer(response.status, {k: v for k, v in response.getheaders()}, response.read().decode())
+        finally:
+            conn.close()
+
+    def token(self, *, source: str = "127.0.0.1", metadata: bool = True, **query: str) -> Answer:
+        params = {"api-version": "2018-02-01", "resource": "https://management.azure.com/", **query}
+        from urllib.parse import urlencode
+        return self.get("/metadata/identity/oauth2/token?" + urlencode(params), source=source,
+                        headers={"Metadata": "true"} if metadata else {})
