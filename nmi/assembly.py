@@ -20,7 +20,8 @@ from .kube.events import KubeEventWriter
 from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.watches import node_informers
 from .logs import log_access
-from .metrics import Metrics
+from .errors import NmiError
+from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
 from .tokens import TokenService
@@ -68,17 +69,27 @@ class TokenObserver(AccessObserver):
                                outcome.pod.name, identity.name, resource)
 
 
-def _upstream_hooks(metrics: Metrics):
-    def observe(operation: str, seconds: float, ok: bool) -> None:
-        if ok:
-            metrics.imds_succeeded(operation, seconds=seconds)
-        else:
-            metrics.imds_error(operation)
+class CountedSecretReader:
+    """A SecretReader that counts failed reads as upstream's `get_secret` API error."""
 
-    def in_flight(source: str, delta: int) -> None:
-        metrics.upstream_in_flight(source, delta)
+    def __init__(self, inner: KubeSecretReader, metrics: Metrics) -> None:
+        self._inner, self._metrics = inner, metrics
 
-    return observe, in_flight
+    async def read_secret(self, namespace: str, name: str):
+        try:
+            return await self._inner.read_secret(namespace, name)
+        except NmiError:
+            self._metrics.kube_error(KUBE_GET_SECRET)
+            raise
+
+
+def _restart_hook(metrics: Metrics):
+    def on_restart(resource: str, reason: str) -> None:
+        metrics.watch_restarted(resource, reason)
+        if reason == "expired":  # a 410: the informer lists again
+            metrics.watch_relisted(resource, reason)
+
+    return on_restart
 
 
 async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitStack) -> Parts:
@@ -92,20 +103,22 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     stack.callback(api_client.close)
     metrics = Metrics()
 
-    live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error("get_pod_list"))
+    live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error(KUBE_GET_POD_LIST))
     stack.callback(live.close)
     pods = PodIndex(live.live_pods_for_ip, on_change=None)
     pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
     catalog = IdentityIndex()
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
                                managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
-                               on_restart=metrics.watch_restarted,
+                               on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
     secrets = KubeSecretReader(api_client)
     stack.callback(secrets.close)
-    observe, in_flight = _upstream_hooks(metrics)
-    tokens = TokenService(secrets, metadata_ip=settings.metadata_ip, metadata_port=settings.metadata_port,
-                          observe_upstream=observe, in_flight=in_flight)
+    tokens = TokenService(CountedSecretReader(secrets, metrics), metadata_ip=settings.metadata_ip,
+                          metadata_port=settings.metadata_port,
+                          observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
+                              source, seconds=seconds, ok=ok),
+                          in_flight=metrics.upstream_in_flight)
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,

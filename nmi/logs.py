@@ -1,0 +1,199 @@
+"""Logging setup: text or JSON lines on stderr, a scrubber for anything token-like, and the access line.
+
+Conventions for the rest of nmi: state changes (listening, caches synced, chain installed or repaired, watch
+restarted) at INFO; per-retry and per-object detail at DEBUG; client IDs in informational lines go through
+`redact_client_id`. The scrubber installed by `setup_logging` is a safety net, not a licence: never pass a
+token, a secret or an Authorization header to a logger in the first place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+ACCESS_LOGGER = "nmi.access"
+REDACTED = "[REDACTED]"
+# Libraries whose INFO/DEBUG output is noise at normal verbosity (and whose DEBUG may echo request bodies).
+NOISY_LIBRARIES = ("kubernetes", "urllib3", "msal", "aiohttp", "asyncio")
+VERBOSITY_DEBUG = 4  # klog V(4) is where upstream NMI starts logging per-retry detail
+VERBOSITY_LIBRARY_DEBUG = 6  # klog V(6) is upstream's cache-listing detail: the most verbose level
+
+_CLIENT_ID = re.compile(r"([^\t\n\f\r ]{4})[\s\S]*([^\t\n\f\r ]{4})")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]*){0,2}")
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
+_AAD_CLIENT_SECRET = re.compile(r"\b[A-Za-z0-9_\-.]{3}[0-9]Q~[A-Za-z0-9_\-.~]{30,}")
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)")
+_SECRET_ASSIGNMENT = re.compile(
+    r"""(?ix)
+    (?P<key>["']?[a-z_\-]*(?:access_token|refresh_token|id_token|client[_\-]?secret|client_assertion
+                           |password|passwd|authorization|api[_\-]?key)["']?)
+    (?P<sep>\s*[:=]\s*)
+    (?P<value>\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}\])]+)
+    """
+)
+_SENSITIVE_KEY_ENDINGS = ("token", "secret", "password", "passwd", "authorization", "assertion", "apikey",
+                          "credential", "credentials", "cookie")
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_MAX_DEPTH = 4
+
+
+def redact_client_id(client_id: str) -> str:
+    """Upstream's RedactClientID: first and last 4 non-space characters kept, the middle replaced;
+    shorter strings are returned unchanged. `aabc0000-…-2c0a66b0c1f9` -> `aabc##### REDACTED #####c1f9`."""
+    match = _CLIENT_ID.fullmatch(client_id)
+    return f"{match.group(1)}##### REDACTED #####{match.group(2)}" if match else client_id
+
+
+def _redact_assignment(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if value in ('""', "''", REDACTED):
+        return match.group(0)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group('key')}{match.group('sep')}{quote}{REDACTED}{quote}"
+
+
+def scrub_text(text: str) -> str:
+    """`text` with JWTs, Bearer/Basic credentials, Azure AD client secrets, private keys and the values of
+    token/secret/password assignments replaced."""
+    text = _PRIVATE_KEY.sub(REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
+    text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _AAD_CLIENT_SECRET.sub(REDACTED, text)
+    return _SECRET_ASSIGNMENT.sub(_redact_assignment, text)
+
+
+def _sensitive_key(key: str) -> bool:
+    folded = key.lower().replace("_", "").replace("-", "")
+    return folded.endswith(_SENSITIVE_KEY_ENDINGS)
+
+
+def scrub_value(key: str, value: Any, depth: int = 0) -> Any:
+    if _sensitive_key(key) and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if depth < _MAX_DEPTH and isinstance(value, dict):
+        return {str(k): scrub_value(str(k), v, depth + 1) for k, v in value.items()}
+    if depth < _MAX_DEPTH and isinstance(value, (list, tuple, set, frozenset)):
+        return [scrub_value(key, v, depth + 1) for v in value]
+    return scrub_text(str(value))
+
+
+def record_extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and not k.startswith("_")}
+
+
+class SecretScrubber(logging.Filter):
+    """Installed on the handler (handler filters see records from every logger, logger filters do not):
+    rewrites message, arguments, extras, exception and stack text of each record before it is formatted."""
+
+    _exception_formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record, nor leak its arguments unscrubbed
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg, record.args = scrub_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exception_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub_text(record.stack_info)
+        for key, value in record_extras(record).items():
+            setattr(record, key, scrub_value(key, value))
+        return True
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    if text == "" or re.search(r'[\s"=\\]', text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """`<time> <LEVEL> <logger>: <message> key=value ...`, one line per record (plus exception text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
+        fields = "".join(f" {k}={_text_value(v)}" for k, v in record_extras(record).items())
+        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {message}{fields}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's extras, exception/stack text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"time": _timestamp(record.created), "level": record.levelname,
+                                 "logger": record.name, "message": record.getMessage()}
+        for key, value in record_extras(record).items():
+            entry[key if key not in entry else f"extra_{key}"] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _NmiHandler(logging.StreamHandler):
+    """Marks the handler `setup_logging` installed, so a second call replaces it instead of doubling lines."""
+
+
+def setup_logging(*, log_format: str = "text", verbosity: int = 0, stream: TextIO | None = None) -> logging.Handler:
+    """Configure the root logger: `log_format` "text" or "json"; `verbosity` is upstream's `-v`.
+
+    0-3: INFO (nmi has nothing between upstream's V(0) and V(4)); 4-5: DEBUG for nmi's own loggers;
+    6 and above: DEBUG for the client libraries too (kubernetes, urllib3, msal, aiohttp), which otherwise log
+    only warnings."""
+    if log_format not in ("text", "json"):
+        raise ValueError(f"--log-format must be text or json, not {log_format!r}")
+    handler = _NmiHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(SecretScrubber())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _NmiHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity >= VERBOSITY_DEBUG else logging.INFO)
+    library_level = logging.DEBUG if verbosity >= VERBOSITY_LIBRARY_DEBUG else logging.WARNING
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(library_level)
+    return handler
+
+
+def log_access(*, pod: str, identity_client_id: str, resource: str, status: int, cache_hit: bool,
+               seconds: float, method: str, route: str, remote: str) -> None:
+    """One line per token request. `pod` is "namespace/name" ("" when the caller was not identified),
+    `route` the route template, `remote` the peer address; the client ID is redacted here."""
+    logging.getLogger(ACCESS_LOGGER).info("token request", extra={
+        "pod": pod,
+        "identity": redact_client_id(identity_client_id),
+        "resource": resource[:256],
+        "status": status,
+        "cache_hit": cache_hit,
+        "duration_ms": round(seconds * 1000, 1),
+        "method": method,
+        "route": route,
+        "remote": remote,
+    })
