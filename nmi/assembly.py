@@ -166,8 +166,10 @@ def _node_problem(settings: Settings) -> str | None:
         return None
     from iptables.node import check_kubenet, check_route_localnet
 
-    return check_kubenet(settings.kubelet_config, allow=settings.allow_kubenet) or check_route_localnet(
-        settings.dnat_target)
+    localnet = check_route_localnet(settings.dnat_target)
+    if localnet:  # pods may still reach nmi (e.g. the CNI sets it per interface later): say so, do not refuse
+        log.warning("%s", localnet)
+    return check_kubenet(settings.kubelet_config, allow=settings.allow_kubenet)
 
 
 def _chain(settings: Settings, state: DaemonState, metrics: Metrics):

@@ -1,0 +1,121 @@
+"""The chain's life in the daemon: install, keep it exactly as specified, remove it on the way out.
+
+Unlike upstream NMI, an iptables failure is not fatal: the supervisor reports itself broken (on_state(False),
+which the daemon turns into "Not Active" and not-ready), retries with exponential backoff, and recovers.
+The backend is blocking, so every call runs in a worker thread; the event loop never waits on iptables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from .backend import Backend
+from .errors import IptablesError
+from .rules import ChainSpec, Plan, plan
+
+logger = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+async def supervise(
+    backend: Backend,
+    spec: ChainSpec,
+    *,
+    interval: float,
+    on_state: Callable[[bool], None],
+    stop: asyncio.Event,
+    sleep: Sleep = asyncio.sleep,
+    on_repair: Callable[[str], None] | None = None,
+    after_install: Callable[[], object] | None = None,
+    retry_initial: float = 0.5,
+    retry_max: float | None = None,
+    remove_attempts: int = 3,
+) -> None:
+    """Keep the chain installed until `stop` is set, then remove the jump and the chain and return.
+
+    on_state(True) is called once the chain is in place (after `after_install`, e.g. conntrack deletion, ran
+    once, blocking, in a thread), on_state(False) whenever a check or repair fails and again before removal;
+    only changes are reported. on_repair(reason) is called for every drift repaired after the first install.
+    Failed checks are retried after retry_initial, doubling up to retry_max (default: interval).
+    IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor.
+    If removal still fails after `remove_attempts`, the last IptablesError is raised.
+    """
+    if interval <= 0:
+        raise ValueError("interval must be positive")
+    retry_max = interval if retry_max is None else retry_max
+    state: list[bool | None] = [None]
+    installed = False
+    failures = 0
+
+    def report(ok: bool) -> None:
+        if state[0] is not ok:
+            state[0] = ok
+            on_state(ok)
+
+    try:
+        while not stop.is_set():
+            try:
+                applied = await asyncio.to_thread(check_and_repair, backend, spec)
+                if not installed:
+                    if after_install is not None:
+                        await asyncio.to_thread(after_install)
+                    installed = True
+                    logger.info("iptables chain installed (%s backend)", backend.name)
+                elif not applied.is_empty:
+                    logger.warning("iptables drift repaired: %s", applied.describe())
+                    if on_repair is not None:
+                        on_repair(applied.describe())
+                failures = 0
+                report(True)
+                delay = interval
+            except IptablesError as exc:
+                failures += 1
+                delay = min(retry_initial * 2 ** (failures - 1), retry_max)
+                logger.warning("iptables check failed (attempt %d, retrying in %.1fs): %s", failures, delay, exc)
+                report(False)
+            await _pause(stop, delay, sleep)
+    finally:
+        report(False)
+        await _remove_with_retries(backend, attempts=remove_attempts, sleep=sleep, pause=retry_initial)
+
+
+def check_and_repair(backend: Backend, spec: ChainSpec) -> Plan:
+    """One pass, blocking. Reads without the lock; only when something drifted does it lock and converge."""
+    if plan(backend.read(spec), spec).is_empty:
+        return Plan()
+    return backend.converge(spec)
+
+
+def remove_chain(backend: Backend) -> Plan:
+    """Blocking cleanup for any time (crash recovery, an uninstall command): delete all jumps and the chain."""
+    return backend.remove()
+
+
+async def _remove_with_retries(backend: Backend, *, attempts: int, sleep: Sleep, pause: float) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            removed = await asyncio.shield(asyncio.to_thread(backend.remove))
+            logger.info("iptables chain removed: %s", removed.describe())
+            return
+        except IptablesError as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("iptables removal failed (attempt %d): %s", attempt, exc)
+            await sleep(pause * 2 ** (attempt - 1))
+
+
+async def _pause(stop: asyncio.Event, seconds: float, sleep: Sleep) -> None:
+    """Sleep `seconds` through the injected sleep, or less if `stop` is set meanwhile."""
+    if stop.is_set():
+        return
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, stopper):
+            task.cancel()
+        await asyncio.gather(sleeper, stopper, return_exceptions=True)

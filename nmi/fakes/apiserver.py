@@ -1,0 +1,261 @@
+"""A fake Kubernetes API server over real HTTP, for tests and the demo.
+
+Speaks what nmi uses: pod and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for compacted
+history, streams held open until `timeoutSeconds`), Secret GET, Event POST. Records every request so tests
+can assert how the client behaved ("one list, then watches"), and can inject 500s or dropped connections.
+
+    server = FakeApiServer()
+    await server.start()          # server.url → "http://127.0.0.1:<port>"
+    server.put(make_pod("web", ip="10.244.0.7"))
+    ...
+    await server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+
+from .clusterstate import PLURAL_OF_KIND, RESOURCES, ClusterState, TooOld, Watcher, selector_matcher
+from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
+    make_assigned_identity,
+    make_binding,
+    make_exception,
+    make_identity,
+    make_pod,
+    make_secret,
+)
+
+log = logging.getLogger(__name__)
+CRD_PREFIX = "/apis/aadpodidentity.k8s.io/v1"
+_WRITE_ERRORS = (ConnectionResetError, ClientConnectionResetError, ConnectionError)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    method: str
+    path: str
+    resource: str  # plural, "" if unknown
+    verb: str  # list, watch, get, create, other
+    query: Mapping[str, str]
+
+
+@dataclass
+class _Fault:
+    remaining: int
+    status: int | None  # None: drop the connection without answering
+    path_prefix: str
+    verb: str | None
+
+
+class FakeApiServer:
+    def __init__(self, *, bookmark_interval: float | None = 5.0, token: str | None = None,
+                 expire_with_http_410: bool = False) -> None:
+        self.state = ClusterState()
+        self.bookmark_interval = bookmark_interval
+        self.token = token
+        self.expire_with_http_410 = expire_with_http_410
+        self.requests: list[RequestRecord] = []
+        self.posted_events: list[dict[str, Any]] = []
+        self._faults: list[_Fault] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/api/v1/pods", self._collection)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._collection)
+        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._post_event)
+        app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
+        app.router.add_get(CRD_PREFIX + "/{plural}", self._collection)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # port 0: learn the real one
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        self.close_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- test controls -------------------------------------------------------------------------------
+
+    def put(self, obj: dict[str, Any], *, notify: bool = True) -> dict[str, Any]:
+        """Create or replace an object; `notify=False` changes it without telling open watches (a change the
+        client missed while disconnected)."""
+        return self.state.put(obj, notify=notify)
+
+    def delete(self, kind: str, namespace: str, name: str, *, notify: bool = True) -> bool:
+        return self.state.delete(PLURAL_OF_KIND.get(kind, kind), namespace, name, notify=notify)
+
+    def compact(self) -> None:
+        self.state.compact()
+
+    def bookmark_now(self) -> None:
+        for watcher in list(self.state.watchers):
+            watcher.queue.put_nowait(("bookmark", self.state.resource_version))
+
+    def close_watches(self, resource: str | None = None) -> None:
+        """End open watch streams normally (as the API server does at timeoutSeconds)."""
+        for watcher in list(self.state.watchers):
+            if resource is None or watcher.plural == resource:
+                watcher.queue.put_nowait(("close", 0))
+
+    def fail_next(self, count: int, *, status: int | None = 500, path_prefix: str = "", verb: str | None = None) -> None:
+        """The next `count` matching requests get `status` (None: the connection is dropped)."""
+        self._faults.append(_Fault(count, status, path_prefix, verb))
+
+    def count(self, resource: str, verb: str) -> int:
+        return sum(1 for r in self.requests if r.resource == resource and r.verb == verb)
+
+    def requests_for(self, resource: str, verb: str | None = None) -> list[RequestRecord]:
+        return [r for r in self.requests if r.resource == resource and (verb is None or r.verb == verb)]
+
+    def open_watches(self, resource: str) -> int:
+        return sum(1 for w in self.state.watchers if w.plural == resource)
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        record = _record_of(request)
+        self.requests.append(record)
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _status(401, "Unauthorized", "Unauthorized")
+        for fault in self._faults:
+            if fault.remaining > 0 and record.path.startswith(fault.path_prefix) and fault.verb in (None, record.verb):
+                fault.remaining -= 1
+                if fault.status is None:
+                    request.transport.abort()
+                    raise asyncio.CancelledError()  # aiohttp drops the handler quietly
+                return _status(fault.status, "InternalError", "injected fault")
+        return await handler(request)
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        plural = request.match_info.get("plural", "pods")
+        if plural not in RESOURCES:
+            return _status(404, "NotFound", f"the server could not find the requested resource ({plural})")
+        namespace = request.match_info.get("ns")
+        matches = selector_matcher(request.query.get("fieldSelector", ""), request.query.get("labelSelector", ""))
+        if request.query.get("watch") in ("true", "1"):
+            return await self._watch(request, Watcher(plural, namespace, matches))
+        kind, api_version = RESOURCES[plural]
+        return web.json_response({
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(self.state.resource_version)},
+            "items": self.state.list(plural, namespace, matches),
+        })
+
+    async def _watch(self, request: web.Request, watcher: Watcher) -> web.StreamResponse:
+        rv = request.query.get("resourceVersion", "")
+        since = int(rv) if rv.isdigit() and rv != "0" else None
+        try:
+            self.state.subscribe(watcher, since)
+        except TooOld as exc:
+            if self.expire_with_http_410:
+                return _status(410, "Expired", str(exc))
+            watcher.queue.put_nowait(("expired", str(exc)))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        bookmarks = request.query.get("allowWatchBookmarks") == "true"
+        loop = asyncio.get_running_loop()
+        timeout = float(request.query.get("timeoutSeconds") or 0)
+        deadline = loop.time() + timeout if timeout > 0 else None
+        try:
+            await response.prepare(request)
+            while True:
+                wait = None if deadline is None else deadline - loop.time()
+                if bookmarks and self.bookmark_interval:
+                    wait = self.bookmark_interval if wait is None else min(wait, self.bookmark_interval)
+                if wait is not None and wait <= 0:
+                    break
+                try:
+                    kind, payload = await asyncio.wait_for(watcher.queue.get(), wait)
+                except TimeoutError:
+                    if deadline is not None and loop.time() >= deadline:
+                        break
+                    kind, payload = "bookmark", self.state.resource_version  # queue empty: all delivered
+                if kind == "close":
+                    break
+                if kind == "expired":
+                    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": payload, "reason": "Expired", "code": 410}
+                    await _write_event(response, {"type": "ERROR", "object": status})
+                    break
+                if kind == "bookmark":
+                    if bookmarks:
+                        plural_kind, api_version = RESOURCES[watcher.plural]
+                        await _write_event(response, {"type": "BOOKMARK", "object": {
+                            "kind": plural_kind, "apiVersion": api_version,
+                            "metadata": {"resourceVersion": str(payload)}}})
+                    continue
+                await _write_event(response, payload)
+            await response.write_eof()
+        except _WRITE_ERRORS:
+            pass  # the client went away
+        finally:
+            self.state.unsubscribe(watcher)
+        return response
+
+    async def _get_secret(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        secret = self.state.get("secrets", ns, name)
+        if secret is None:
+            return _status(404, "NotFound", f'secrets "{name}" not found', details={"name": name, "kind": "secrets"})
+        return web.json_response(secret)
+
+    async def _post_event(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        meta = body.setdefault("metadata", {})
+        meta["namespace"] = request.match_info["ns"]
+        if not meta.get("name"):
+            meta["name"] = f"{meta.get('generateName', 'event.')}{len(self.posted_events) + 1:05d}"
+        body.setdefault("kind", "Event")
+        body.setdefault("apiVersion", "v1")
+        stored = self.state.put(body)
+        self.posted_events.append(stored)
+        return web.json_response(stored, status=201)
+
+
+async def _write_event(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+
+def _status(code: int, reason: str, message: str, *, details: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": message, "reason": reason, "code": code}
+    if details:
+        body["details"] = details
+    return web.json_response(body, status=code)
+
+
+def _record_of(request: web.Request) -> RequestRecord:
+    parts = [p for p in request.path.split("/") if p]
+    resource = ""
+    for part in reversed(parts):
+        if part in RESOURCES:
+            resource = part
+            break
+    if request.method == "POST":
+        verb = "create"
+    elif resource == "secrets":
+        verb = "get"
+    elif resource:
+        verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
+    else:
+        verb = "other"
+    return RequestRecord(request.method, request.path, resource, verb, dict(request.query))

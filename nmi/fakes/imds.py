@@ -1,0 +1,161 @@
+"""A fake Azure Instance Metadata Service (IMDS) over aiohttp, for tests and the README demo.
+
+Speaks the real wire shape: `GET /metadata/identity/oauth2/token` with `Metadata: true`, identity selected by
+`client_id` / `msi_res_id` / `mi_res_id` / `object_id`, every value of the answer a string. Faults can be
+programmed for the next N answers; calls and concurrency are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+
+from .fake_jwt import unsigned_jwt
+
+TOKEN_PATH = "/metadata/identity/oauth2/token"
+
+
+@dataclass(frozen=True, slots=True)
+class VmIdentity:
+    """A managed identity attached to the fake VM. `system_assigned` marks the VM's own identity."""
+
+    client_id: str
+    object_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    resource_id: str = ""
+    system_assigned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One programmed answer: a status with a JSON body, an optional Retry-After, and/or a delay first."""
+
+    status: int = 500
+    body: dict[str, Any] | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+def _error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+class FakeImds:
+    def __init__(self, identities: list[VmIdentity] | None = None, *, token_lifetime: int = 3599,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.identities = list(identities or [])
+        self.token_lifetime = token_lifetime
+        self.response_delay = 0.0  # added to every token answer (to make concurrency observable)
+        self._clock = clock
+        self._faults: deque[Fault] = deque()
+        self.calls: Counter[tuple[str, str]] = Counter()  # (client_id, resource) of answered token requests
+        self.token_requests = 0  # every request on the token path, faults included
+        self.request_times: list[float] = []  # clock() at arrival of each token request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, count: int, fault: Fault) -> None:
+        self._faults.extend([fault] * count)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get(TOKEN_PATH, self._token)
+        app.router.add_get("/metadata/instance", self._instance)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        self.token_requests += 1
+        self.request_times.append(self._clock())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer_token(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_token(self, request: web.Request) -> web.StreamResponse:
+        if self._faults:
+            fault = self._faults.popleft()
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                body = fault.body or {"error": "unknown", "error_description": f"fake IMDS fault {fault.status}"}
+                return web.json_response(body, status=fault.status, headers=headers)
+        if self.response_delay:
+            await asyncio.sleep(self.response_delay)
+        if request.headers.get("Metadata") != "true":
+            return _error(400, "invalid_request", "Required metadata header not specified")
+        query = request.query
+        resource = query.get("resource", "")
+        if not resource:
+            return _error(400, "invalid_request", "Required audience parameter not specified")
+        identity, problem = self._select(query)
+        if identity is None:
+            return _error(400, "invalid_request", problem)
+        self.calls[(identity.client_id, resource)] += 1
+        return web.json_response(self._token_body(identity, resource))
+
+    def _select(self, query: Any) -> tuple[VmIdentity | None, str]:
+        wanted = [(name, query[name]) for name in ("client_id", "msi_res_id", "mi_res_id", "object_id") if name in query]
+        if len(wanted) > 1:
+            return None, "Only one of client_id, object_id, msi_res_id or mi_res_id may be specified"
+        if not wanted:
+            system = [i for i in self.identities if i.system_assigned]
+            candidates = system or self.identities
+            if len(candidates) == 1:
+                return candidates[0], ""
+            if not candidates:
+                return None, "Identity not found"
+            return None, ("Multiple user assigned identities exist, please specify the clientId / resourceId "
+                          "of the identity in the token request")
+        name, value = wanted[0]
+        attribute = {"client_id": "client_id", "object_id": "object_id"}.get(name, "resource_id")
+        for identity in self.identities:
+            if getattr(identity, attribute).lower() == value.lower() and getattr(identity, attribute):
+                return identity, ""
+        return None, "Identity not found"
+
+    def _token_body(self, identity: VmIdentity, resource: str) -> dict[str, str]:
+        now = int(self._clock())
+        expires_on = now + self.token_lifetime
+        claims = {"aud": resource, "iss": "https://sts.windows.net/fake-tenant/", "iat": now, "nbf": now,
+                  "exp": expires_on, "oid": identity.object_id, "appid": identity.client_id,
+                  "sub": identity.object_id, "tid": "fake-tenant", "xms_mirid": identity.resource_id}
+        return {"access_token": unsigned_jwt(claims), "refresh_token": "", "expires_in": str(self.token_lifetime),
+                "expires_on": str(expires_on), "ext_expires_in": str(self.token_lifetime), "not_before": str(now),
+                "resource": resource, "token_type": "Bearer", "client_id": identity.client_id}
+
+    async def _instance(self, request: web.Request) -> web.Response:
+        if request.headers.get("Metadata") != "true":
+            return _error(400, "invalid_request", "Required metadata header not specified")
+        return web.json_response({"compute": {"name": "fake-vm", "location": "westeurope", "vmId": "00000000-fake",
+                                              "azEnvironment": "AzurePublicCloud"},
+                                  "network": {"interface": []}})
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"error": "not_found", "method": request.method, "path": request.path,
+                                  "query_string": request.query_string, "headers": dict(request.headers),
+                                  "body": body.decode("utf-8", "replace")}, status=404)

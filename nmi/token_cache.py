@@ -1,0 +1,112 @@
+"""The token cache in front of every token source: hits, single flight, refresh ahead, LRU, forgetting.
+
+Pure asyncio, no HTTP and no MSAL. A hit is answered on the event loop with no await and no thread hop.
+Concurrent misses for one key share one fetch (a task the callers await through `shield`, so a caller that
+goes away does not cancel the fetch for the others). A token nearing expiry is served while one background
+fetch replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Hashable
+
+from .model import AccessToken, TokenGrant
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[], Awaitable[tuple[AccessToken, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """When a cached token is still served, and when it is replaced ahead of expiry."""
+
+    unusable_within: float = 60.0  # never hand out a token with less left: the caller needs time to use it
+    refresh_floor: float = 300.0  # refresh when less than max(floor, fraction × lifetime) remains
+    refresh_fraction: float = 0.1
+    retry_refresh_after: float = 30.0  # after a failed background refresh, before trying again
+
+    def refresh_at(self, obtained_at: float, expires_on: float) -> float:
+        lifetime = max(0.0, expires_on - obtained_at)
+        return expires_on - max(self.refresh_floor, self.refresh_fraction * lifetime)
+
+
+@dataclass(slots=True)
+class _Entry:
+    tokens: tuple[AccessToken, ...]
+    owner: str | None  # identity key for `forget`; None for the node's own identities
+    expires_on: float
+    refresh_at: float
+
+
+class TokenCache:
+    def __init__(self, *, clock: Callable[[], float], max_entries: int = 4096,
+                 policy: RefreshPolicy = RefreshPolicy()) -> None:
+        self._clock = clock
+        self._max_entries = max_entries
+        self._policy = policy
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._fetching: dict[Hashable, asyncio.Task[tuple[AccessToken, ...]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: Hashable, fetch: Fetch, *, owner: str | None) -> TokenGrant:
+        entry = self._entries.get(key)
+        now = self._clock()
+        if entry is not None and entry.expires_on - now >= self._policy.unusable_within:
+            self._entries.move_to_end(key)
+            if now >= entry.refresh_at and key not in self._fetching:
+                # Push the next attempt out first, so a failing refresh is not restarted on every hit.
+                entry.refresh_at = now + self._policy.retry_refresh_after
+                self._start_fetch(key, fetch, owner)
+            return TokenGrant(entry.tokens, cached=True)
+        task = self._fetching.get(key) or self._start_fetch(key, fetch, owner)
+        return TokenGrant(await asyncio.shield(task), cached=False)
+
+    def forget(self, keep_owners: set[str]) -> None:
+        """Drop the tokens of identities that no longer exist; the node's own tokens stay."""
+        for key in [k for k, e in self._entries.items() if e.owner is not None and e.owner not in keep_owners]:
+            del self._entries[key]
+
+    async def wait_idle(self) -> None:
+        """Until no fetch is running (tests and shutdown use it to observe background refreshes)."""
+        while self._fetching:
+            await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._fetching.values():
+            task.cancel()
+        await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+        self._entries.clear()
+
+    def _start_fetch(self, key: Hashable, fetch: Fetch, owner: str | None) -> asyncio.Task[tuple[AccessToken, ...]]:
+        task = asyncio.get_running_loop().create_task(self._fill(key, fetch, owner), name=f"token-fetch {owner}")
+        self._fetching[key] = task
+        task.add_done_callback(lambda t: self._fetch_done(key, t))
+        return task
+
+    async def _fill(self, key: Hashable, fetch: Fetch, owner: str | None) -> tuple[AccessToken, ...]:
+        tokens = await fetch()
+        obtained_at = self._clock()
+        expires_on = float(min(t.expires_on for t in tokens))
+        if expires_on - obtained_at >= self._policy.unusable_within:
+            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on))
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return tokens
+
+    def _fetch_done(self, key: Hashable, task: asyncio.Task[tuple[AccessToken, ...]]) -> None:
+        if self._fetching.get(key) is task:
+            del self._fetching[key]
+        if task.cancelled():
+            return
+        failure = task.exception()  # always retrieved: nobody may be left awaiting a background refresh
+        if failure is not None and key in self._entries:
+            log.warning("background token refresh failed for %s: %s", task.get_name().removeprefix("token-fetch "),
+                        failure)

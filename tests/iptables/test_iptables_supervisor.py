@@ -1,0 +1,171 @@
+"""The supervisor's logic against an in-memory backend, with injected sleep: no kernel, no waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import pytest
+
+from iptables.errors import IptablesError, XtablesLockTimeout
+from iptables.rules import CHAIN, ActualState, ChainSpec
+from iptables.supervisor import check_and_repair, remove_chain, supervise
+from tests.iptables.fake_backend import FakeBackend
+
+SPEC = ChainSpec("169.254.169.254", 80, "10.244.0.1", 2579)
+
+
+class FakeSleep:
+    """Records every requested pause and returns at once; runs `actions[n]` during the n-th pause."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.actions: dict[int, Callable[[], None]] = {}
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        action = self.actions.get(len(self.calls))
+        if action is not None:
+            action()
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def stop() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+async def run(backend, stop, sleep, **kwargs) -> tuple[list[bool], list[str]]:
+    states: list[bool] = []
+    repairs: list[str] = []
+    await asyncio.wait_for(supervise(backend, SPEC, interval=60, on_state=states.append, stop=stop, sleep=sleep,
+                                     on_repair=repairs.append, **kwargs), timeout=5)
+    return states, repairs
+
+
+async def test_ready_is_reported_only_once_the_chain_is_in_place(backend, stop, sleep):
+    seen_installed: list[bool] = []
+
+    def on_state(ok: bool) -> None:
+        seen_installed.append(ok and backend.installed(SPEC))
+
+    sleep.actions[1] = stop.set
+    await supervise(backend, SPEC, interval=60, on_state=on_state, stop=stop, sleep=sleep)
+    assert seen_installed == [True, False]  # True while installed, then False on the way out
+    assert sleep.calls == [60]
+
+
+async def test_after_install_runs_once_before_ready(backend, stop, sleep):
+    order: list[str] = []
+    sleep.actions[3] = stop.set
+    await supervise(backend, SPEC, interval=60, stop=stop, sleep=sleep,
+                    on_state=lambda ok: order.append(f"state {ok}"),
+                    after_install=lambda: order.append("conntrack"))
+    assert order == ["conntrack", "state True", "state False"]
+
+
+async def test_drift_is_repaired_at_the_next_check_and_reported(backend, stop, sleep):
+    def flush_chain() -> None:
+        chains = dict(backend.state.chains)
+        chains[CHAIN] = ()
+        backend.state = ActualState(chains)
+
+    sleep.actions[1] = flush_chain
+    sleep.actions[2] = lambda: None if backend.installed(SPEC) else pytest.fail("not repaired")
+    sleep.actions[3] = stop.set
+    states, repairs = await run(backend, stop, sleep)
+    assert repairs == ["chain aad-metadata is empty"]
+    assert states == [True, False]  # repaired without ever reporting broken
+    assert sleep.calls == [60, 60, 60]
+
+
+async def test_a_pass_without_drift_never_takes_the_lock(backend):
+    check_and_repair(backend, SPEC)
+    assert backend.converge_calls == 1
+    for _ in range(3):
+        assert check_and_repair(backend, SPEC).is_empty
+    assert backend.converge_calls == 1
+
+
+async def test_failures_back_off_exponentially_report_broken_then_recover(backend, stop, sleep):
+    backend.fail_next = [XtablesLockTimeout("lock busy")] * 4
+    sleep.actions[6] = stop.set
+    states, repairs = await run(backend, stop, sleep, retry_initial=0.5, retry_max=3)
+    assert sleep.calls == [0.5, 1.0, 2.0, 3.0, 60, 60]
+    assert states == [False, True, False]
+    assert repairs == []  # the first successful pass is the install, not a repair
+
+
+async def test_stop_removes_jump_and_chain_and_leaves_other_rules(backend, stop, sleep):
+    sleep.actions[1] = stop.set
+    await run(backend, stop, sleep)
+    assert not backend.state.has_chain(CHAIN)
+    assert backend.state.rules("PREROUTING") == ("-j KUBE-SERVICES",)
+
+
+async def test_stop_during_a_pause_ends_the_pause(backend, stop):
+    async def sleep_forever(seconds: float) -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=lambda ok: None, stop=stop,
+                                         sleep=sleep_forever))
+    while not backend.installed(SPEC):
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert not backend.state.has_chain(CHAIN)
+
+
+async def test_removal_is_retried_then_its_error_is_raised(backend, stop, sleep):
+    backend.fail_remove = [IptablesError("busy")] * 3
+    sleep.actions[1] = stop.set
+    with pytest.raises(IptablesError, match="busy"):
+        await run(backend, stop, sleep, remove_attempts=3)
+    assert backend.state.has_chain(CHAIN)
+
+
+async def test_removal_succeeds_after_transient_failures(backend, stop, sleep):
+    backend.fail_remove = [IptablesError("busy")] * 2
+    sleep.actions[1] = stop.set
+    await run(backend, stop, sleep, remove_attempts=3)
+    assert not backend.state.has_chain(CHAIN)
+
+
+async def test_a_bug_ends_the_supervisor_but_still_removes_the_chain(backend, stop, sleep):
+    def broken_after_install() -> None:
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        await run(backend, stop, sleep, after_install=broken_after_install)
+    assert not backend.state.has_chain(CHAIN)
+
+
+async def test_cancelling_the_supervisor_removes_the_chain(backend, stop):
+    task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=lambda ok: None, stop=stop))
+    while not backend.installed(SPEC):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not backend.state.has_chain(CHAIN)
+
+
+async def test_non_positive_interval_is_refused(backend, stop):
+    with pytest.raises(ValueError):
+        await supervise(backend, SPEC, interval=0, on_state=lambda ok: None, stop=stop)
+
+
+def test_remove_chain_cleans_up_synchronously(backend):
+    check_and_repair(backend, SPEC)
+    assert "remove chain aad-metadata" in remove_chain(backend).describe()
+    assert remove_chain(backend).is_empty
