@@ -139,6 +139,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     for informer in informers:
         root_tasks[f"watch-{informer.target.resource}"] = informer.run()
     root_tasks["caches-synced"] = _mark_synced(state, [i.synced for i in informers])
+    root_tasks["forget-vanished-identities"] = _forget_vanished(catalog, tokens)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit, catalog),
@@ -158,7 +159,9 @@ async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None
     """Tokens of identities that disappeared are dropped from the cache."""
     while True:
         await catalog.wait_changed(timeout=3600)
-        tokens.forget(catalog.identity_keys())
+        keys = {i.key for i in catalog.identity_store.all()}
+        keys |= {a.identity.key for a in catalog.assigned_store.all() if a.identity is not None}
+        tokens.forget(keys)
 
 
 def _node_problem(settings: Settings) -> str | None:

@@ -15,7 +15,10 @@ COMMON_GRANTS = {("", "pods", "list"), ("", "pods", "watch"),
 MODE_GRANTS = {
     "managed": {(GROUP, "azureidentities", "list"), (GROUP, "azureidentities", "watch"),
                 (GROUP, "azureidentitybindings", "list"), (GROUP, "azureidentitybindings", "watch")},
-    "standard": {(GROUP, "azureassignedidentities", "list"), (GROUP, "azureassignedidentities", "watch")},
+    "standard": {(GROUP, "azureassignedidentities", "list"), (GROUP, "azureassignedidentities", "watch"),
+                 # bindings and identities too: a pod no binding matches fails fast instead of waiting for MIC
+                 (GROUP, "azureidentities", "list"), (GROUP, "azureidentities", "watch"),
+                 (GROUP, "azureidentitybindings", "list"), (GROUP, "azureidentitybindings", "watch")},
 }
 
 

@@ -1,0 +1,134 @@
+"""Ratios, the printed table and the DaemonSet sizing derived from one run's results (plain dicts)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Sizing rules, stated once so the printed recommendation can say how it was derived.
+MEMORY_REQUEST_HEADROOM = 1.25  # over RSS with the most pods measured
+MEMORY_LIMIT_FACTOR = 2  # a relist holds the old and the new pod list at once; misses add MSAL threads
+MEMORY_ROUNDING_MIB = 16
+CPU_SIZING_RATE = 100  # token requests per second per node that the CPU request should carry comfortably
+CPU_REQUEST_FLOOR_MILLICORES = 50
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """nmi/baseline for every figure both were measured on (throughput: below 1 means nmi is slower)."""
+    out: dict[str, float] = {}
+    for scenario in ("hits", "errors"):
+        nmi, base = results[f"nmi_{scenario}"], results[f"baseline_{scenario}"]
+        out[f"{scenario}_throughput"] = ratio(nmi["requests_per_second"], base["requests_per_second"])
+        out[f"{scenario}_p50"] = ratio(nmi["p50_ms"], base["p50_ms"])
+        out[f"{scenario}_p99"] = ratio(nmi["p99_ms"], base["p99_ms"])
+        out[f"{scenario}_cpu_per_request"] = ratio(nmi["server_cpu_us_per_request"], base["server_cpu_us_per_request"])
+    base_idle = results["baseline_rss_idle_mib"]
+    out["rss_idle"] = ratio(results["nmi_rss_idle_mib"], base_idle)
+    out["rss_after_hits"] = ratio(results["nmi_rss_after_hits_mib"], results["baseline_rss_after_load_mib"])
+    out["rss_pods_at_start"] = ratio(results["nmi_rss_pods_at_start_mib"], base_idle)
+    out["rss_pods_total"] = ratio(results["nmi_rss_pods_total_mib"], base_idle)
+    out["rss_all_pods_at_start"] = ratio(results["nmi_rss_all_pods_at_start_mib"], base_idle)
+    out["startup"] = ratio(results["nmi_startup_seconds"], results["baseline_startup_seconds"])
+    out["startup_with_pods"] = ratio(results["nmi_startup_with_pods_seconds"], results["baseline_startup_seconds"])
+    out["startup_with_all_pods"] = ratio(results["nmi_startup_with_all_pods_seconds"],
+                                         results["baseline_startup_seconds"])
+    return out
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def recommendation(results: dict[str, Any]) -> dict[str, Any]:
+    rss = max(results["nmi_rss_pods_total_mib"], results["nmi_rss_after_misses_mib"],
+              results["nmi_peak_rss_all_pods_at_start_mib"])
+    request = _round_up(rss * MEMORY_REQUEST_HEADROOM, MEMORY_ROUNDING_MIB)
+    cpu_us = results["nmi_hits"]["server_cpu_us_per_request"]
+    millicores_at_rate = cpu_us * CPU_SIZING_RATE / 1000
+    return {
+        "memory_request_mib": request,
+        "memory_limit_mib": request * MEMORY_LIMIT_FACTOR,
+        "cpu_request_millicores": max(CPU_REQUEST_FLOOR_MILLICORES, _round_up(millicores_at_rate, 10)),
+        "cpu_limit": "none (a CFS quota would throttle the event loop and add latency to every pod's token call)",
+        "basis": (f"memory request = {MEMORY_REQUEST_HEADROOM} x RSS with {results['pods_total']} pods "
+                  f"(peak {rss:.0f} MiB), rounded up to {MEMORY_ROUNDING_MIB} MiB; limit = {MEMORY_LIMIT_FACTOR} x request; "
+                  f"CPU request = {CPU_SIZING_RATE} cached token requests/s x {cpu_us:.0f} us CPU each "
+                  f"({millicores_at_rate:.0f}m), at least {CPU_REQUEST_FLOOR_MILLICORES}m"),
+    }
+
+
+def _load_row(name: str, nmi: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+    def trio(key: str, fmt: str) -> list[str]:
+        if base is None:
+            return [format(nmi[key], fmt), "-", "-"]
+        return [format(nmi[key], fmt), format(base[key], fmt), f"{ratio(nmi[key], base[key]):.2f}"]
+
+    return [name, str(nmi["answered"]), *trio("requests_per_second", ",.0f"), *trio("p50_ms", ".2f"),
+            *trio("p99_ms", ".2f"), *trio("server_cpu_us_per_request", ".0f")]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    r = results
+    config = r["config"]
+    pinning = (f"servers pinned to CPU {r['server_cpu']}, load generator to CPU {r['client_cpu']}"
+               if r["server_cpu"] is not None else "no CPU pinning (fewer than 2 CPUs)")
+    parts = [f"nmi benchmark: nmi vs bare aiohttp (baseline), measured in this run; {pinning}; "
+             f"keep-alive, {config['concurrency']} connections; ratio = nmi / baseline", ""]
+    parts.append(_table(
+        ["scenario", "answered", "nmi req/s", "base req/s", "ratio", "nmi p50 ms", "base p50", "ratio",
+         "nmi p99 ms", "base p99", "ratio", "nmi CPU us/req", "base", "ratio"],
+        [_load_row("cached token (200)", r["nmi_hits"], r["baseline_hits"]),
+         _load_row("no Metadata header (400)", r["nmi_errors"], r["baseline_errors"]),
+         _load_row("cache miss -> IMDS (200)", r["nmi_misses"], None)]))
+    parts.append(f"\ncache misses: {r['distinct_resources']} distinct resources, {config['miss_concurrency']} connections "
+                 f"-> {r['imds_calls_for_misses']} IMDS calls; statuses {r['nmi_misses']['statuses']}. Throughput is "
+                 f"capped by nmi's own IMDS limit (20 calls/s, 5 in flight per node), by design.")
+    parts.append(f"token answer: {r['token_body_bytes']} bytes (the baseline answers a body of the same size)\n")
+    parts.append(_table(
+        ["memory (VmRSS)", "nmi MiB", "baseline MiB", "ratio"],
+        [["idle after start", f"{r['nmi_rss_idle_mib']:.1f}", f"{r['baseline_rss_idle_mib']:.1f}",
+          f"{ratio(r['nmi_rss_idle_mib'], r['baseline_rss_idle_mib']):.2f}"],
+         [f"after {config['hit_requests'] + config['warmup_requests']:,} cached requests",
+          f"{r['nmi_rss_after_hits_mib']:.1f}", f"{r['baseline_rss_after_load_mib']:.1f}",
+          f"{ratio(r['nmi_rss_after_hits_mib'], r['baseline_rss_after_load_mib']):.2f}"],
+         [f"after {r['distinct_resources']} cache misses", f"{r['nmi_rss_after_misses_mib']:.1f}", "-", "-"],
+         [f"{r['pods_at_start']:,} pods on the node", f"{r['nmi_rss_pods_at_start_mib']:.1f}",
+          f"{r['baseline_rss_idle_mib']:.1f}", f"{ratio(r['nmi_rss_pods_at_start_mib'], r['baseline_rss_idle_mib']):.2f}"],
+         [f"{r['pods_total']:,} pods (added while running)", f"{r['nmi_rss_pods_total_mib']:.1f}",
+          f"{r['baseline_rss_idle_mib']:.1f}", f"{ratio(r['nmi_rss_pods_total_mib'], r['baseline_rss_idle_mib']):.2f}"],
+         [f"  peak (VmHWM) of that process", f"{r['nmi_peak_rss_mib']:.1f}", "-", "-"],
+         [f"{r['pods_total']:,} pods (listed at start)", f"{r['nmi_rss_all_pods_at_start_mib']:.1f}",
+          f"{r['baseline_rss_idle_mib']:.1f}",
+          f"{ratio(r['nmi_rss_all_pods_at_start_mib'], r['baseline_rss_idle_mib']):.2f}"],
+         [f"  peak (VmHWM) of that process", f"{r['nmi_peak_rss_all_pods_at_start_mib']:.1f}", "-", "-"]]))
+    parts.append("")
+    parts.append(_table(
+        ["start-up (spawn -> ready 200)", "nmi s", "baseline s", "ratio"],
+        [["1 pod on the node", f"{r['nmi_startup_seconds']:.2f}", f"{r['baseline_startup_seconds']:.2f}",
+          f"{ratio(r['nmi_startup_seconds'], r['baseline_startup_seconds']):.2f}"],
+         [f"{r['pods_at_start']:,} pods on the node", f"{r['nmi_startup_with_pods_seconds']:.2f}",
+          f"{r['baseline_startup_seconds']:.2f}",
+          f"{ratio(r['nmi_startup_with_pods_seconds'], r['baseline_startup_seconds']):.2f}"],
+         [f"{r['pods_total']:,} pods on the node", f"{r['nmi_startup_with_all_pods_seconds']:.2f}",
+          f"{r['baseline_startup_seconds']:.2f}",
+          f"{ratio(r['nmi_startup_with_all_pods_seconds'], r['baseline_startup_seconds']):.2f}"]]))
+    parts.append(f"\n{r['pods_total'] - r['pods_at_start']:,} pods added while running were indexed through the "
+                 f"watch in {r['seconds_to_index_added_pods']:.2f} s")
+    rec = r["recommendation"]
+    parts.append(f"\nDaemonSet sizing: requests memory {rec['memory_request_mib']}Mi, cpu {rec['cpu_request_millicores']}m; "
+                 f"limits memory {rec['memory_limit_mib']}Mi, cpu {rec['cpu_limit']}.\n  ({rec['basis']})")
+    parts.append(f"\nwhole run: {r['bench_seconds']:.1f} s")
+    return "\n".join(parts)

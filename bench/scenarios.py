@@ -1,0 +1,153 @@
+"""The measurements, in one run: nmi and the bare-aiohttp baseline side by side, on loopback.
+
+    fakes ─┬─ nmi #1 (1 pod)  ── start-up, idle RSS, cache hits, error path, cache misses, RSS after
+           │   baseline ──────── start-up, idle RSS, cache hits, error path, RSS after
+           ├─ nmi #2 (N pods) ── start-up with N pods, RSS; then M pods added through the watch, RSS
+           └─ nmi #3 (N+M pods) ─ start-up with all pods, RSS and peak RSS
+
+Everything returned is plain data (dicts, numbers) for `bench.report`. Nothing here judges a number.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .loadgen import LoadResult, token_path
+from .processes import ServerProcess, cpu_layout, free_port, http_get, run_load
+from .world import CALLER_IP, NODE, BenchFakes, bulk_pod_ip, bulk_pods
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    workdir: Path
+    hit_requests: int = 10_000
+    error_requests: int = 5_000
+    miss_requests: int = 60
+    warmup_requests: int = 500
+    concurrency: int = 8
+    miss_concurrency: int = 10
+    pods_at_start: int = 1_000
+    pods_total: int = 5_000
+
+
+def _nmi(fakes: BenchFakes, workdir: Path, *, name: str, cpu: int | None) -> ServerProcess:
+    port, probe_port, metrics_port = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "nmi", f"--node={NODE}", f"--nmi-port={port}", f"--http-probe-port={probe_port}",
+            f"--prometheus-port={metrics_port}", "--metadata-ip=127.0.0.1", f"--metadata-port={fakes.imds.port}",
+            f"--kubeconfig={fakes.kubeconfig_path}", "--manage-iptables=false",
+            "--operation-mode=managed", "--forceNamespaced"]
+    return ServerProcess(name, argv, log_path=workdir / f"{name}.log", ready_port=probe_port, service_port=port, cpu=cpu)
+
+
+def _baseline(workdir: Path, *, body_size: int, cpu: int | None) -> ServerProcess:
+    port = free_port()
+    return ServerProcess("baseline", [sys.executable, "-m", "bench.baseline", f"--port={port}",
+                                      f"--body-size={body_size}"],
+                         log_path=workdir / "baseline.log", ready_port=port, cpu=cpu)
+
+
+def _measured(server: ServerProcess, load: Any) -> dict[str, Any]:
+    """Runs `load()` and adds the server's CPU time spent meanwhile (all its threads)."""
+    before = server.cpu_seconds()
+    result: LoadResult = load()
+    cpu = server.cpu_seconds() - before
+    row = asdict(result)
+    row["server_cpu_seconds"] = cpu
+    row["server_cpu_us_per_request"] = cpu / result.answered * 1e6 if result.answered else 0.0
+    return row
+
+
+def _token_answer(port: int, *, source: str = CALLER_IP, timeout: float = 30.0) -> tuple[int, bytes]:
+    return http_get(port, token_path(0, distinct_resources=False), source=source, headers={"Metadata": "true"},
+                    timeout=timeout)
+
+
+def _wait_indexed(nmi: ServerProcess, source: str, *, timeout: float = 60.0) -> float:
+    """Seconds until a pod calling from `source` gets its token, i.e. nmi's watch cache holds the pod."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            if _token_answer(nmi.service_port, source=source, timeout=10.0)[0] == 200:
+                return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"nmi did not index the pod at {source} within {timeout} s:\n{nmi.log_tail()}")
+
+
+def _hits_errors_misses(fakes: BenchFakes, config: BenchConfig, *, server_cpu: int | None,
+                        client_cpu: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with _nmi(fakes, config.workdir, name="nmi-small", cpu=server_cpu) as nmi:
+        out["nmi_startup_seconds"] = nmi.start()
+        out["nmi_rss_idle_mib"] = nmi.rss_mib()
+        status, body = _token_answer(nmi.service_port)
+        if status != 200:
+            raise RuntimeError(f"nmi refused the benchmark pod ({status}): {body[:300]!r}")
+        out["token_body_bytes"] = len(body)
+        with _baseline(config.workdir, body_size=len(body), cpu=server_cpu) as baseline:
+            out["baseline_startup_seconds"] = baseline.start()
+            out["baseline_rss_idle_mib"] = baseline.rss_mib()
+            for label, server in (("baseline", baseline), ("nmi", nmi)):
+                port = server.service_port
+                run_load(port, config.warmup_requests, concurrency=config.concurrency, cpu=client_cpu)
+                out[f"{label}_hits"] = _measured(server, lambda: run_load(
+                    port, config.hit_requests, concurrency=config.concurrency, cpu=client_cpu))
+                out[f"{label}_errors"] = _measured(server, lambda: run_load(
+                    port, config.error_requests, concurrency=config.concurrency, cpu=client_cpu, metadata=False))
+            out["baseline_rss_after_load_mib"] = baseline.rss_mib()
+            out["baseline_exit_code"] = baseline.stop()
+        out["nmi_rss_after_hits_mib"] = nmi.rss_mib()
+        imds_before = fakes.imds_token_requests()
+        out["nmi_misses"] = _measured(nmi, lambda: run_load(
+            nmi.service_port, config.miss_requests, concurrency=config.miss_concurrency,
+            cpu=client_cpu, distinct_resources=True))
+        out["imds_calls_for_misses"] = fakes.imds_token_requests() - imds_before
+        out["distinct_resources"] = config.miss_requests
+        out["nmi_rss_after_misses_mib"] = nmi.rss_mib()
+        out["nmi_exit_code"] = nmi.stop()
+    return out
+
+
+def _pods(fakes: BenchFakes, config: BenchConfig, *, server_cpu: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"pods_at_start": config.pods_at_start, "pods_total": config.pods_total}
+    fakes.put_all(bulk_pods(0, config.pods_at_start))
+    with _nmi(fakes, config.workdir, name="nmi-pods", cpu=server_cpu) as nmi:
+        out["nmi_startup_with_pods_seconds"] = nmi.start()
+        _wait_indexed(nmi, bulk_pod_ip(config.pods_at_start - 1))
+        out["nmi_rss_pods_at_start_mib"] = nmi.rss_mib()
+        added = time.perf_counter()
+        fakes.put_all(bulk_pods(config.pods_at_start, config.pods_total))
+        _wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
+        out["seconds_to_index_added_pods"] = time.perf_counter() - added
+        out["nmi_rss_pods_total_mib"] = nmi.rss_mib()
+        out["nmi_peak_rss_mib"] = nmi.peak_rss_mib()
+        out["nmi_pods_exit_code"] = nmi.stop()
+    # A fresh start with every pod: the initial list is the biggest thing nmi ever holds at once.
+    with _nmi(fakes, config.workdir, name="nmi-all-pods", cpu=server_cpu) as nmi:
+        out["nmi_startup_with_all_pods_seconds"] = nmi.start()
+        _wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
+        out["nmi_rss_all_pods_at_start_mib"] = nmi.rss_mib()
+        out["nmi_peak_rss_all_pods_at_start_mib"] = nmi.peak_rss_mib()
+        out["nmi_all_pods_exit_code"] = nmi.stop()
+    return out
+
+
+def run_all(config: BenchConfig) -> dict[str, Any]:
+    """Every measurement; every process started here is stopped before this returns or raises."""
+    if config.pods_total < config.pods_at_start or config.pods_at_start < 1:
+        raise ValueError("need 1 <= pods_at_start <= pods_total")
+    server_cpu, client_cpu = cpu_layout()
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                               "server_cpu": server_cpu, "client_cpu": client_cpu}
+    with BenchFakes(config.workdir) as fakes:
+        results.update(_hits_errors_misses(fakes, config, server_cpu=server_cpu, client_cpu=client_cpu))
+        results.update(_pods(fakes, config, server_cpu=server_cpu))
+    results["bench_seconds"] = time.perf_counter() - started
+    return results

@@ -1,0 +1,102 @@
+"""The cluster nmi sees during the benchmark: a fake API server and a fake IMDS on their own event loop thread.
+
+One identity (user-assigned MSI) bound by selector "bench" in namespace "bench"; the calling pod sits at
+127.0.0.1. Extra pods (`bulk_pods`) get addresses in 127.1.0.0/16, bound too, so any of them can be called
+from its own loopback source address to prove nmi has indexed it. Pod addresses are only data here: the one
+address the benchmark sends from is loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from nmi.demo.world import kubeconfig
+from nmi.fakes.apiserver import FakeApiServer
+from nmi.fakes.imds import FakeImds, VmIdentity
+from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+
+NODE = "bench-node"
+NAMESPACE = "bench"
+SELECTOR = "bench"
+IDENTITY = VmIdentity(
+    client_id="bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb", object_id="0b000000-0000-4000-8000-00000000000b",
+    resource_id="/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/bench")
+CALLER_IP = "127.0.0.1"
+
+
+def base_objects() -> list[dict[str, Any]]:
+    return [make_identity("bench-id", NAMESPACE, client_id=IDENTITY.client_id, resource_id=IDENTITY.resource_id),
+            make_binding("bench-binding", NAMESPACE, identity="bench-id", selector=SELECTOR),
+            make_pod("caller", NAMESPACE, CALLER_IP, NODE, labels={"aadpodidbinding": SELECTOR})]
+
+
+def bulk_pod_ip(index: int) -> str:
+    return f"127.1.{index // 250}.{index % 250 + 1}"
+
+
+def bulk_pods(start: int, stop: int) -> list[dict[str, Any]]:
+    """Pods number start..stop-1 on the node, shaped like a Deployment's pods (owner, labels, one container)."""
+    if stop > 250 * 256:
+        raise ValueError("at most 64,000 bulk pods fit in 127.1.0.0/16")
+    return [make_pod(f"app-{i:05d}", NAMESPACE, bulk_pod_ip(i), NODE, replicaset=f"app-{i // 50:04d}",
+                     labels={"aadpodidbinding": SELECTOR, "app": f"app-{i // 50:04d}"}, uid=f"uid-{i:05d}")
+            for i in range(start, stop)]
+
+
+class BenchFakes:
+    """FakeApiServer + FakeImds on a private event loop thread; always `stop()` (or use as a context manager)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.api = FakeApiServer(bookmark_interval=5.0)
+        self.imds = FakeImds([IDENTITY])
+        self.kubeconfig_path = workdir / "kubeconfig"
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-fakes", daemon=True)
+        self._started = False
+
+    def start(self) -> "BenchFakes":
+        self._thread.start()
+        self._started = True
+        try:
+            self._run(self.api.start())
+            self._run(self.imds.start())
+            self.kubeconfig_path.write_text(kubeconfig(self.api.url))
+            self.put_all(base_objects())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def on_loop() -> Any:
+            return fn()
+        return self._run(on_loop())
+
+    def put_all(self, objects: list[dict[str, Any]]) -> None:
+        self._call(lambda: [self.api.put(obj) for obj in objects])
+
+    def imds_token_requests(self) -> int:
+        return self._call(lambda: self.imds.token_requests)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        try:
+            self._run(self.imds.stop())
+            self._run(self.api.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            self._started = False
+
+    def __enter__(self) -> "BenchFakes":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,219 @@
+"""Raw Kubernetes JSON (plain dicts) → nmi value types. Pure; no client models, no pydantic.
+
+Every function returns None for an object it cannot make sense of and logs one warning naming it, so one
+malformed object never stops a watch. Fields that are merely odd (a weight written as a string) are read
+tolerantly instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..model import (
+    EMPTY,
+    NAMESPACED_ANNOTATION,
+    AssignedIdentity,
+    Binding,
+    Identity,
+    PodIdentityException,
+    PodInfo,
+    SecretRef,
+)
+
+log = logging.getLogger(__name__)
+
+UNSUPPORTED_TYPE = -1  # spec.type present but not an integer: kept, so resolution can say what is wrong
+
+
+class Malformed(ValueError):
+    pass
+
+
+def object_key(raw: Any) -> tuple[str, str] | None:
+    """(namespace, name) of any namespaced object, None if it has none."""
+    try:
+        meta = _mapping(raw, "metadata")
+        return _str(meta, "namespace", required=True), _str(meta, "name", required=True)
+    except Malformed:
+        return None
+
+
+def project_pod(raw: Any) -> PodInfo | None:
+    return _guard("Pod", raw, _pod)
+
+
+def project_identity(raw: Any) -> Identity | None:
+    return _guard("AzureIdentity", raw, _identity)
+
+
+def project_binding(raw: Any) -> Binding | None:
+    return _guard("AzureIdentityBinding", raw, _binding)
+
+
+def project_assigned_identity(raw: Any) -> AssignedIdentity | None:
+    return _guard("AzureAssignedIdentity", raw, _assigned)
+
+
+def project_exception(raw: Any) -> PodIdentityException | None:
+    return _guard("AzurePodIdentityException", raw, _exception)
+
+
+def _guard(kind: str, raw: Any, projector):
+    try:
+        return projector(raw)
+    except Malformed as exc:
+        key = object_key(raw)
+        where = f"{key[0]}/{key[1]}" if key else "<unnamed>"
+        log.warning("skipping malformed %s %s: %s", kind, where, exc)
+        return None
+
+
+def _pod(raw: Any) -> PodInfo:
+    meta = _mapping(raw, "metadata")
+    spec = _mapping(raw, "spec", required=False)
+    status = _mapping(raw, "status", required=False)
+    owner = ""
+    refs = meta.get("ownerReferences") or []
+    if not isinstance(refs, list):
+        raise Malformed("metadata.ownerReferences is not a list")
+    for ref in refs:
+        if isinstance(ref, Mapping) and str(ref.get("kind", "")).lower() == "replicaset":
+            owner = str(ref.get("name", ""))
+            break
+    return PodInfo(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        uid=_str(meta, "uid"),
+        ip=_str(status, "podIP"),
+        phase=_str(status, "phase") or "Pending",
+        labels=_labels(meta, "labels"),
+        replicaset=owner,
+        deleting=meta.get("deletionTimestamp") is not None,
+        host_network=spec.get("hostNetwork") is True,
+        service_account=_str(spec, "serviceAccountName") or "default",
+        resource_version=_str(meta, "resourceVersion"),
+    )
+
+
+def _identity(raw: Any) -> Identity:
+    meta = _mapping(raw, "metadata")
+    spec = _mapping(raw, "spec", required=False)
+    namespace = _str(meta, "namespace", required=True)
+    password = None
+    ref = spec.get("clientPassword")
+    if isinstance(ref, Mapping) and ref.get("name"):
+        password = SecretRef(namespace=str(ref.get("namespace") or namespace), name=str(ref["name"]))
+    tenants = spec.get("auxiliaryTenantIDs") or []
+    if not isinstance(tenants, list):
+        raise Malformed("spec.auxiliaryTenantIDs is not a list")
+    annotations = meta.get("annotations") or {}
+    return Identity(
+        namespace=namespace,
+        name=_str(meta, "name", required=True),
+        type=_identity_type(spec.get("type")),
+        client_id=_str(spec, "clientID"),
+        resource_id=_str(spec, "resourceID"),
+        tenant_id=_str(spec, "tenantID"),
+        auxiliary_tenant_ids=tuple(str(t) for t in tenants if t),
+        ad_endpoint=_str(spec, "adEndpoint"),
+        client_password=password,
+        namespaced=isinstance(annotations, Mapping) and annotations.get(NAMESPACED_ANNOTATION) == "namespaced",
+        uid=_str(meta, "uid"),
+    )
+
+
+def _binding(raw: Any) -> Binding:
+    meta = _mapping(raw, "metadata")
+    spec = _mapping(raw, "spec", required=False)
+    return Binding(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        identity_name=_str(spec, "azureIdentity"),
+        selector=_str(spec, "selector"),
+        weight=_weight(spec.get("weight")),
+    )
+
+
+def _assigned(raw: Any) -> AssignedIdentity:
+    meta = _mapping(raw, "metadata")
+    spec = _mapping(raw, "spec", required=False)
+    status = _mapping(raw, "status", required=False)
+    embedded = spec.get("azureIdentityRef")
+    identity = _identity(embedded) if isinstance(embedded, Mapping) else None
+    binding = spec.get("azureBindingRef")
+    binding = binding if isinstance(binding, Mapping) else {}
+    return AssignedIdentity(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        pod=_str(spec, "pod"),
+        pod_namespace=_str(spec, "podNamespace"),
+        node=_str(spec, "nodename"),
+        status=_str(status, "status"),
+        identity=identity,
+        binding_name=_str(_mapping(binding, "metadata", required=False), "name"),
+        binding_weight=_weight(_mapping(binding, "spec", required=False).get("weight")),
+    )
+
+
+def _exception(raw: Any) -> PodIdentityException:
+    meta = _mapping(raw, "metadata")
+    spec = _mapping(raw, "spec", required=False)
+    return PodIdentityException(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        pod_labels=_labels(spec, "podLabels"),
+    )
+
+
+def _mapping(raw: Any, field: str, *, required: bool = True) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise Malformed("not a JSON object")
+    value = raw.get(field)
+    if value is None and not required:
+        return EMPTY
+    if not isinstance(value, Mapping):
+        raise Malformed(f"{field} is missing or not an object")
+    return value
+
+
+def _str(raw: Mapping[str, Any], field: str, *, required: bool = False) -> str:
+    value = raw.get(field)
+    if value is None or value == "":
+        if required:
+            raise Malformed(f"{field} is missing")
+        return ""
+    if not isinstance(value, str):
+        raise Malformed(f"{field} is not a string")
+    return value
+
+
+def _labels(raw: Mapping[str, Any], field: str) -> Mapping[str, str]:
+    value = raw.get(field)
+    if not value:
+        return EMPTY
+    if not isinstance(value, Mapping):
+        raise Malformed(f"{field} is not an object")
+    return MappingProxyType({str(k): v for k, v in value.items() if isinstance(v, str)})
+
+
+def _identity_type(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return UNSUPPORTED_TYPE
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return UNSUPPORTED_TYPE
+
+
+def _weight(value: Any) -> int:
+    # NMI upstream ignores weight; we rank by it, so a bad value must not drop the binding.
+    if value is None or isinstance(value, bool):
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

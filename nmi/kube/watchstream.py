@@ -1,0 +1,39 @@
+"""The wire-level pieces of a watch: ndjson framing, failure descriptions, and the retry backoff."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterator
+
+from kubernetes.client.exceptions import ApiException
+
+
+class Expired(Exception):
+    """The resourceVersion is too old (410): relist."""
+
+
+class WatchFailed(Exception):
+    pass
+
+
+def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2**(failures-1))."""
+    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    return ceiling * (0.5 + rand() / 2)
+
+
+def ndjson_lines(response: Any) -> Iterator[bytes]:
+    """Complete `\\n`-terminated lines of a chunked ndjson body; a trailing partial line is dropped."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -1,0 +1,77 @@
+"""Fixtures for the Kubernetes adapter: a fake API server on loopback and the real client pointed at it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from nmi.fakes.apiserver import FakeApiServer
+from nmi.kube import Informer, build_api_client
+
+TOKEN = "test-bearer-token"
+NODE = "node-1"
+
+
+@pytest.fixture
+async def apiserver() -> AsyncIterator[FakeApiServer]:
+    server = FakeApiServer(bookmark_interval=None, token=TOKEN)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def api_client(apiserver: FakeApiServer):
+    client = build_api_client(host=apiserver.url, token=TOKEN)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class RecordingSleep:
+    """Injected into informers: records each backoff delay, and waits only a token moment (no spin)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def recording_sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    """Wait until `predicate()` holds; the timeout only bounds a failing test, it never decides a pass."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(*informers: Informer) -> AsyncIterator[list[asyncio.Task]]:
+    """Run informers as tasks until synced; cancel them (and wait for their threads) on exit."""
+    tasks = [asyncio.create_task(informer.run()) for informer in informers]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)), timeout=5)
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+

@@ -1,0 +1,101 @@
+"""The fake API server's own wire behaviour, where the informer tests do not already pin it down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from kubernetes import client as k8s_client
+
+from nmi.fakes.apiserver import make_pod
+
+from .conftest import TOKEN
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict]:
+    events = []
+    while len(events) < count:
+        line = await asyncio.wait_for(response.content.readline(), 5)
+        assert line.endswith(b"\n")
+        events.append(json.loads(line))
+    return events
+
+
+async def test_a_pod_bound_to_this_node_arrives_as_added_and_leaving_the_selection_as_deleted(apiserver):
+    unbound = make_pod("web", ip="", node="")
+    apiserver.put(unbound)
+    rv = apiserver.state.resource_version
+    query = {"watch": "true", "resourceVersion": str(rv), "fieldSelector": "spec.nodeName=node-1"}
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        async with session.get(f"{apiserver.url}/api/v1/pods", params=query) as response:
+            apiserver.put(make_pod("web", ip="10.244.0.7", node="node-1"))
+            apiserver.put(make_pod("web", ip="10.244.0.7", node="node-9"))
+            events = await read_events(response, 2)
+    assert [e["type"] for e in events] == ["ADDED", "DELETED"]
+    assert int(events[0]["object"]["metadata"]["resourceVersion"]) < int(events[1]["object"]["metadata"]["resourceVersion"])
+
+
+async def test_a_watch_without_resource_version_starts_with_the_current_objects(apiserver):
+    apiserver.put(make_pod("a", labels={"tier": "x"}))
+    apiserver.put(make_pod("b", labels={"tier": "y"}))
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        params = {"watch": "true", "labelSelector": "tier=y"}
+        async with session.get(f"{apiserver.url}/api/v1/pods", params=params) as response:
+            events = await read_events(response, 1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+
+
+async def test_a_watch_ends_at_its_timeout_seconds(apiserver):
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        params = {"watch": "true", "resourceVersion": str(apiserver.state.resource_version), "timeoutSeconds": "1"}
+        async with session.get(f"{apiserver.url}/api/v1/pods", params=params) as response:
+            assert await asyncio.wait_for(response.read(), 5) == b""
+
+
+async def test_events_are_stored_with_201(apiserver):
+    body = {"metadata": {"generateName": "web."}, "reason": "TokenIssued", "message": "m",
+            "involvedObject": {"kind": "Pod", "namespace": "team", "name": "web"}}
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        async with session.post(f"{apiserver.url}/api/v1/namespaces/team/events", json=body) as response:
+            assert response.status == 201
+            stored = await response.json()
+    assert stored["metadata"]["name"].startswith("web.") and stored["metadata"]["namespace"] == "team"
+    assert [e["reason"] for e in apiserver.posted_events] == ["TokenIssued"]
+    assert apiserver.count("events", "create") == 1
+
+
+async def test_an_unknown_crd_plural_is_a_404_status(apiserver):
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        async with session.get(f"{apiserver.url}/apis/aadpodidentity.k8s.io/v1/bogus") as response:
+            assert response.status == 404
+            assert (await response.json())["kind"] == "Status"
+
+
+async def test_schema_complete_pods_deserialize_in_the_real_client(apiserver, api_client):
+    apiserver.put(make_pod("web", ip="10.244.0.7", replicaset="web-5d", deleting=True))
+    pods = await asyncio.to_thread(k8s_client.CoreV1Api(api_client).list_pod_for_all_namespaces)
+    assert [(p.metadata.name, p.status.pod_ip) for p in pods.items] == [("web", "10.244.0.7")]
+
+
+@pytest.mark.parametrize("status", [500, None])
+async def test_injected_faults_hit_only_the_next_matching_requests(apiserver, status):
+    # aiohttp's client retries a GET whose connection drops once, so a drop must hit both attempts.
+    apiserver.fail_next(1 if status else 2, status=status, path_prefix="/api/v1/pods")
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        with pytest.raises(aiohttp.ClientError) if status is None else _no_error():
+            async with session.get(f"{apiserver.url}/api/v1/pods") as response:
+                assert response.status == 500
+        async with session.get(f"{apiserver.url}/api/v1/pods") as response:
+            assert response.status == 200
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
