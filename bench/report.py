@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Sizing rules, stated once so the printed recommendation can say how it was derived.
-MEMORY_REQUEST_HEADROOM = 1.25  # over RSS with the most pods measured
-MEMORY_LIMIT_FACTOR = 2  # a relist holds the old and the new pod list at once; misses add MSAL threads
+# Sizing rules, stated once so the printed recommendation can say how it was derived. The pod watch is filtered
+# by spec.nodeName, so "pods" means pods on one node: AKS allows at most 250, so 1,000 is already generous.
+MEMORY_REQUEST_HEADROOM = 1.25  # over the RSS of a busy node (pods_at_start pods, after cache misses)
+MEMORY_LIMIT_HEADROOM = 1.5  # over the peak RSS of a start with pods_total pods (the initial list is the peak)
+MEMORY_LIMIT_FACTOR = 2  # and at least twice the request: a relist holds the old and the new list at once
 MEMORY_ROUNDING_MIB = 16
-CPU_SIZING_RATE = 100  # token requests per second per node that the CPU request should carry comfortably
-CPU_REQUEST_FLOOR_MILLICORES = 50
+CPU_SIZING_RATE = 300  # cached token requests per second per node the CPU request should carry
+CPU_ROUNDING_MILLICORES = 50
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -44,20 +46,23 @@ def _round_up(value: float, step: int) -> int:
 
 
 def recommendation(results: dict[str, Any]) -> dict[str, Any]:
-    rss = max(results["nmi_rss_pods_total_mib"], results["nmi_rss_after_misses_mib"],
-              results["nmi_peak_rss_all_pods_at_start_mib"])
-    request = _round_up(rss * MEMORY_REQUEST_HEADROOM, MEMORY_ROUNDING_MIB)
+    busy = max(results["nmi_rss_pods_at_start_mib"], results["nmi_rss_after_misses_mib"])
+    request = _round_up(busy * MEMORY_REQUEST_HEADROOM, MEMORY_ROUNDING_MIB)
+    peak = max(results["nmi_peak_rss_all_pods_at_start_mib"], results["nmi_peak_rss_mib"])
+    limit = max(request * MEMORY_LIMIT_FACTOR, _round_up(peak * MEMORY_LIMIT_HEADROOM, MEMORY_ROUNDING_MIB))
     cpu_us = results["nmi_hits"]["server_cpu_us_per_request"]
     millicores_at_rate = cpu_us * CPU_SIZING_RATE / 1000
     return {
         "memory_request_mib": request,
-        "memory_limit_mib": request * MEMORY_LIMIT_FACTOR,
-        "cpu_request_millicores": max(CPU_REQUEST_FLOOR_MILLICORES, _round_up(millicores_at_rate, 10)),
+        "memory_limit_mib": limit,
+        "cpu_request_millicores": max(CPU_ROUNDING_MILLICORES, _round_up(millicores_at_rate, CPU_ROUNDING_MILLICORES)),
         "cpu_limit": "none (a CFS quota would throttle the event loop and add latency to every pod's token call)",
-        "basis": (f"memory request = {MEMORY_REQUEST_HEADROOM} x RSS with {results['pods_total']} pods "
-                  f"(peak {rss:.0f} MiB), rounded up to {MEMORY_ROUNDING_MIB} MiB; limit = {MEMORY_LIMIT_FACTOR} x request; "
-                  f"CPU request = {CPU_SIZING_RATE} cached token requests/s x {cpu_us:.0f} us CPU each "
-                  f"({millicores_at_rate:.0f}m), at least {CPU_REQUEST_FLOOR_MILLICORES}m"),
+        "basis": (f"memory request = {MEMORY_REQUEST_HEADROOM} x RSS with {results['pods_at_start']:,} pods or after "
+                  f"cache misses ({busy:.0f} MiB); limit = max({MEMORY_LIMIT_FACTOR} x request, "
+                  f"{MEMORY_LIMIT_HEADROOM} x peak RSS of a start with {results['pods_total']:,} pods ({peak:.0f} MiB)); "
+                  f"both rounded up to {MEMORY_ROUNDING_MIB} MiB. CPU request = {CPU_SIZING_RATE} cached token "
+                  f"requests/s x {cpu_us:.0f} us CPU each ({millicores_at_rate:.0f}m), rounded up to "
+                  f"{CPU_ROUNDING_MILLICORES}m"),
     }
 
 

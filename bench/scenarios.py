@@ -38,7 +38,8 @@ def _nmi(fakes: BenchFakes, workdir: Path, *, name: str, cpu: int | None) -> Ser
     port, probe_port, metrics_port = free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "nmi", f"--node={NODE}", f"--nmi-port={port}", f"--http-probe-port={probe_port}",
             f"--prometheus-port={metrics_port}", "--metadata-ip=127.0.0.1", f"--metadata-port={fakes.imds.port}",
-            f"--kubeconfig={fakes.kubeconfig_path}", "--manage-iptables=false",
+            f"--kubeconfig={fakes.kubeconfig_path}", f"--kubelet-config={fakes.kubelet_config_path}",
+            "--manage-iptables=false",
             "--operation-mode=managed", "--forceNamespaced"]
     return ServerProcess(name, argv, log_path=workdir / f"{name}.log", ready_port=probe_port, service_port=port, cpu=cpu)
 

@@ -54,6 +54,7 @@ class BenchFakes:
         self.api = FakeApiServer(bookmark_interval=5.0)
         self.imds = FakeImds([IDENTITY])
         self.kubeconfig_path = workdir / "kubeconfig"
+        self.kubelet_config_path = workdir / "kubelet"
         self._thread = threading.Thread(target=self.loop.run_forever, name="bench-fakes", daemon=True)
         self._started = False
 
@@ -64,6 +65,8 @@ class BenchFakes:
             self._run(self.api.start())
             self._run(self.imds.start())
             self.kubeconfig_path.write_text(kubeconfig(self.api.url))
+            # nmi refuses to start when it cannot tell the node is not kubenet, as upstream does.
+            self.kubelet_config_path.write_text("KUBELET_FLAGS=--network-plugin=cni --max-pods=250\n")
             self.put_all(base_objects())
         except BaseException:
             self.stop()

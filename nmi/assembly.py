@@ -6,6 +6,7 @@ the caller's exit stack, so a failure half-way through start-up still releases w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class Parts:
     metrics: Metrics
     observer: AccessObserver
     server_config: TokenServerConfig
-    root_tasks: dict[str, Coroutine]
+    root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
     chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
 
 
@@ -130,16 +131,16 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     stack.push_async_callback(proxy.close)
 
     audit = None
-    root_tasks: dict[str, Coroutine] = {}
+    root_tasks: dict[str, Callable[[], Coroutine]] = {}
     if settings.audit_events:
         writer = KubeEventWriter(api_client)
         stack.callback(writer.close)
         audit = AuditRecorder(writer, node=settings.node, on_dropped=metrics.audit_events_dropped)
-        root_tasks["audit"] = audit.run()
+        root_tasks["audit"] = audit.run
     for informer in informers:
-        root_tasks[f"watch-{informer.target.resource}"] = informer.run()
-    root_tasks["caches-synced"] = _mark_synced(state, [i.synced for i in informers])
-    root_tasks["forget-vanished-identities"] = _forget_vanished(catalog, tokens)
+        root_tasks[f"watch-{informer.target.resource}"] = informer.run
+    root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
+    root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit, catalog),
@@ -165,13 +166,13 @@ async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None
 
 
 def _node_problem(settings: Settings) -> str | None:
-    if not settings.manage_iptables:
-        return None
     from iptables.node import check_kubenet, check_route_localnet
 
-    localnet = check_route_localnet(settings.dnat_target)
-    if localnet:  # pods may still reach nmi (e.g. the CNI sets it per interface later): say so, do not refuse
-        log.warning("%s", localnet)
+    if settings.manage_iptables:
+        localnet = check_route_localnet(settings.dnat_target)
+        if localnet:  # pods may still reach nmi (the CNI may set it per interface later): say so, do not refuse
+            log.warning("%s", localnet)
+    # Kubenet lets pods spoof each other's IPs whoever owns the chain, so the guard applies in every case.
     return check_kubenet(settings.kubelet_config, allow=settings.allow_kubenet)
 
 

@@ -45,12 +45,12 @@ class Daemon:
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
             for runner in (token_runner, *side_runners):
                 await runner.setup()
-                stack.push_async_callback(runner.cleanup)
+                stack.push_async_callback(_cleanup_once, runner)
             await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port")
             await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port")
-            tasks = {name: asyncio.create_task(coro, name=name) for name, coro in parts.root_tasks.items()}
-            chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
             token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port")
+            tasks = {name: asyncio.create_task(start(), name=name) for name, start in parts.root_tasks.items()}
+            chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
                      settings.operation_mode)
             died = await self._wait(list(tasks.values()) + ([chain] if chain else []))
@@ -60,7 +60,7 @@ class Daemon:
             self.stop.set()
             if chain is not None:  # 2. remove the chain (the supervisor does it on stop)
                 await _finish(chain)
-            await token_runner.shutdown()  # 3. drain in-flight requests
+            await _cleanup_once(token_runner)  # 3. drain in-flight requests (bounded by shutdown_timeout)
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -83,6 +83,12 @@ async def _listen(runner: web.AppRunner, host: str, port: int, flag: str) -> web
     except OSError as exc:
         raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return site
+
+
+async def _cleanup_once(runner: web.AppRunner) -> None:
+    """Close the listeners, wait for in-flight requests (up to the runner's shutdown_timeout), free the app."""
+    if runner.server is not None:
+        await runner.cleanup()
 
 
 async def _finish(task: asyncio.Task) -> None:

@@ -87,7 +87,8 @@ def run_on_loopback(tmp: Path) -> int:
 
     ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     imds_port, token_port, probe_port, metrics_port = (free_port() for _ in range(4))
-    kubeconfig = tmp / "kubeconfig"
+    kubeconfig, kubelet = tmp / "kubeconfig", tmp / "kubelet"
+    kubelet.write_text("")
     with ExitStack() as stack:
         fakes = subprocess.Popen([PY, "-m", "nmi.demo.fakes", "--pod-ips", ",".join(ips),
                                   "--imds", f"127.0.0.1:{imds_port}", "--kubeconfig", str(kubeconfig)],
@@ -98,7 +99,7 @@ def run_on_loopback(tmp: Path) -> int:
         argv = [PY, "-m", "nmi", f"--node={world.NODE}", "--operation-mode=managed", "--forceNamespaced",
                 f"--nmi-port={token_port}", f"--http-probe-port={probe_port}", f"--prometheus-port={metrics_port}",
                 "--metadata-ip=127.0.0.1", f"--metadata-port={imds_port}", f"--kubeconfig={kubeconfig}",
-                "--manage-iptables=false"]
+                f"--kubelet-config={kubelet}", "--manage-iptables=false"]
         print("$ " + " ".join(["nmi", *argv[3:]]))
         with open(log_path, "w") as log_file:
             nmi = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)

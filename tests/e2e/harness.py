@@ -80,11 +80,13 @@ class NmiProcess:
         self.port, self.probe_port, self.metrics_port = free_port(), free_port(), free_port()
         config = tmp / "kubeconfig"
         config.write_text(kubeconfig(fakes.api.url))
+        kubelet = tmp / "kubelet-defaults"
+        kubelet.write_text("KUBELET_FLAGS=--network-plugin=cni\n")
         self.log_path = tmp / "nmi.log"
         self.argv = [sys.executable, "-m", "nmi", f"--node={node}", f"--nmi-port={self.port}",
                      f"--http-probe-port={self.probe_port}", f"--prometheus-port={self.metrics_port}",
                      "--metadata-ip=127.0.0.1", f"--metadata-port={fakes.imds.port}", f"--kubeconfig={config}",
-                     "--manage-iptables=false", *extra]
+                     f"--kubelet-config={kubelet}", "--manage-iptables=false", *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
