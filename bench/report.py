@@ -135,5 +135,8 @@ def render(results: dict[str, Any]) -> str:
     rec = r["recommendation"]
     parts.append(f"\nDaemonSet sizing: requests memory {rec['memory_request_mib']}Mi, cpu {rec['cpu_request_millicores']}m; "
                  f"limits memory {rec['memory_limit_mib']}Mi, cpu {rec['cpu_limit']}.\n  ({rec['basis']})")
-    parts.append(f"\nwhole run: {r['bench_seconds']:.1f} s")
+    exits = ", ".join(f"{name} {r[key]}" for name, key in (
+        ("nmi", "nmi_exit_code"), ("nmi with pods", "nmi_pods_exit_code"),
+        ("nmi with all pods", "nmi_all_pods_exit_code"), ("baseline", "baseline_exit_code")))
+    parts.append(f"\nexit codes after SIGTERM: {exits}; whole run: {r['bench_seconds']:.1f} s")
     return "\n".join(parts)

@@ -1,0 +1,80 @@
+"""The benchmark machinery works end to end with tiny counts and leaves no process behind.
+
+Correctness only: counts of answered requests, statuses, IMDS calls, positive ratios. No timing is asserted.
+"""
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.processes import ServerProcess, free_port
+from bench.report import ratios, recommendation, render
+from bench.scenarios import BenchConfig, run_all
+
+
+def child_pids() -> set[int]:
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+            if ppid == os.getpid():
+                children.add(int(entry.name))
+    return children
+
+
+@pytest.fixture
+def no_leftover_children():
+    before = child_pids()
+    yield
+    assert child_pids() - before == set()
+
+
+@pytest.mark.timeout(90)
+def test_tiny_run_answers_every_request_and_reports_positive_ratios(tmp_path, no_leftover_children):
+    config = BenchConfig(workdir=tmp_path, hit_requests=50, error_requests=40, miss_requests=5, warmup_requests=10,
+                         concurrency=4, miss_concurrency=3, pods_at_start=10, pods_total=20)
+    results = run_all(config)
+
+    for server in ("nmi", "baseline"):
+        assert results[f"{server}_hits"]["answered"] == 50 and results[f"{server}_hits"]["statuses"] == {"200": 50}
+        assert results[f"{server}_errors"]["answered"] == 40 and results[f"{server}_errors"]["statuses"] == {"400": 40}
+        assert results[f"{server}_hits"]["failed"] == 0 and results[f"{server}_errors"]["failed"] == 0
+    assert results["nmi_misses"]["statuses"] == {"200": 5}
+    assert results["imds_calls_for_misses"] == 5  # one IMDS call per distinct resource
+    assert results["token_body_bytes"] > 500  # a real token answer came back and sized the baseline's body
+    assert [results[k] for k in ("nmi_exit_code", "nmi_pods_exit_code", "nmi_all_pods_exit_code",
+                                 "baseline_exit_code")] == [0, 0, 0, 0]
+
+    figures = ratios(results)
+    assert figures and all(math.isfinite(v) and v > 0 for v in figures.values())
+    assert results["nmi_rss_pods_total_mib"] > 0 and results["baseline_rss_idle_mib"] > 0
+    sizing = recommendation(results)
+    assert sizing["memory_limit_mib"] >= sizing["memory_request_mib"] > results["nmi_rss_idle_mib"]
+    assert sizing["cpu_request_millicores"] > 0
+    results.update(ratios=figures, recommendation=sizing)
+    table = render(results)
+    assert "cached token (200)" in table and "20 pods" in table and "Mi" in table
+
+
+def test_command_line_writes_the_results_file(tmp_path, capsys, no_leftover_children):
+    out = tmp_path / "results.json"
+    assert main(["--out", str(out), "--hit-requests=20", "--error-requests=20", "--miss-requests=2",
+                 "--warmup-requests=5", "--concurrency=2", "--pods-at-start=2", "--pods-total=3"]) == 0
+    assert '"nmi_hits"' in out.read_text() and f"results: {out}" in capsys.readouterr().out
+
+
+def test_server_that_never_gets_ready_is_stopped_on_the_way_out(tmp_path, no_leftover_children):
+    sleeper = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                            log_path=tmp_path / "sleeper.log", ready_port=free_port(), cpu=None)
+    with pytest.raises(RuntimeError, match="not ready"):
+        with sleeper:
+            sleeper.start(timeout=0.5)
+    assert sleeper.proc is not None and sleeper.proc.returncode is not None

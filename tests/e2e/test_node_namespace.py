@@ -1,0 +1,107 @@
+"""nmi as a real process in a node network namespace with real iptables: the DNAT path, repair, SIGKILL and
+restart, SIGTERM clean-up — on both backends. Skipped only where namespaces cannot be made (not root)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nmi.demo import world
+from nmi.demo.netns import Topology, curl_argv, netns_unavailable
+
+pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
+
+
+def test_the_readme_demo_passes_over_the_real_dnat_path():
+    done = subprocess.run([sys.executable, "-m", "nmi.demo"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "network namespaces available" in done.stdout and "all steps passed" in done.stdout
+    assert "msrestazure" in done.stdout and "azure-identity" in done.stdout
+
+
+def chain_lines(node, backend: str) -> list[str]:
+    out = node.run(f"iptables-{backend}-save", "-t", "nat").stdout
+    return [line for line in out.splitlines() if "aad-metadata" in line and not line.startswith(":")]
+
+
+@pytest.fixture
+def node(tmp_path):
+    with Topology(pods=1) as topo:
+        topo.node.run("ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
+        kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
+        kubelet.write_text("")
+        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
+                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig),
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert "ready" in fakes.stdout.readline()
+            yield topo, kubeconfig, kubelet
+        finally:
+            fakes.terminate()
+            fakes.wait(10)
+
+
+def start_nmi(topo, kubeconfig, kubelet, backend, log):
+    argv = [sys.executable, "-m", "nmi", f"--node={world.NODE}", "--operation-mode=managed", "--forceNamespaced",
+            f"--nmi-listen-address={topo.node_ip}", "--http-probe-port=8085", "--prometheus-port=9090",
+            f"--kubeconfig={kubeconfig}", f"--kubelet-config={kubelet}", "--ipt-update-interval-sec=1",
+            f"--iptables-backend={backend}", "--enable-conntrack-deletion"]
+    proc = topo.node.popen(*argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "nmi exited"
+        done = topo.node.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8085/readyz",
+                             check=False)
+        if done.stdout == "200":
+            return proc
+        time.sleep(0.1)
+    raise AssertionError("nmi not ready")
+
+
+def pod_token(topo) -> tuple[int, dict]:
+    url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+    done = topo.pods[0].ns.run(*curl_argv(url), check=False)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status or 0), (json.loads(body) if status == "200" else {})
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_path, backend):
+    topo, kubeconfig, kubelet = node
+    expected = [
+        "-A PREROUTING -j aad-metadata",
+        f"-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT "
+        f"--to-destination {topo.node_ip}:2579",
+        "-A aad-metadata -j RETURN",
+    ]
+    with open(tmp_path / "nmi.log", "w") as log:
+        nmi = start_nmi(topo, kubeconfig, kubelet, backend, log)
+        assert chain_lines(topo.node, backend) == expected
+        status, token = pod_token(topo)
+        assert status == 200 and token["client_id"] == world.IDENTITIES[0].client_id
+
+        topo.node.run(f"iptables-{backend}", "-w", "-t", "nat", "-D", "aad-metadata", "1")  # tamper: DNAT rule gone
+        deadline = time.monotonic() + 5
+        while chain_lines(topo.node, backend) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert chain_lines(topo.node, backend) == expected
+        metrics = topo.node.run("curl", "-s", "http://127.0.0.1:9090/metrics").stdout
+        assert "nmi_iptables_repairs_total" in metrics
+
+        nmi.send_signal(signal.SIGKILL)
+        nmi.wait(10)
+        assert chain_lines(topo.node, backend) == expected  # left behind by the killed process
+        nmi = start_nmi(topo, kubeconfig, kubelet, backend, log)
+        assert chain_lines(topo.node, backend) == expected  # exactly one jump, one chain
+        assert pod_token(topo)[0] == 200
+
+        nmi.send_signal(signal.SIGTERM)
+        assert nmi.wait(20) == 0
+    assert chain_lines(topo.node, backend) == []
+    saved = topo.node.run(f"iptables-{backend}-save", "-t", "nat").stdout
+    assert "aad-metadata" not in saved
+    log_text = (tmp_path / "nmi.log").read_text()
+    assert "conntrack" in log_text and "eyJ" not in log_text
