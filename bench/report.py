@@ -15,13 +15,16 @@ CPU_SIZING_RATE = 300  # cached token requests per second per node the CPU reque
 CPU_ROUNDING_MILLICORES = 50
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("nan")
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """None when either side was not measured (or the baseline is zero)."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float]:
     """nmi/baseline for every figure both were measured on (throughput: below 1 means nmi is slower)."""
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for scenario in ("hits", "errors"):
         nmi, base = results[f"nmi_{scenario}"], results[f"baseline_{scenario}"]
         out[f"{scenario}_throughput"] = ratio(nmi["requests_per_second"], base["requests_per_second"])
@@ -38,7 +41,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     out["startup_with_pods"] = ratio(results["nmi_startup_with_pods_seconds"], results["baseline_startup_seconds"])
     out["startup_with_all_pods"] = ratio(results["nmi_startup_with_all_pods_seconds"],
                                          results["baseline_startup_seconds"])
-    return out
+    return {name: value for name, value in out.items() if value is not None}
 
 
 def _round_up(value: float, step: int) -> int:
@@ -51,26 +54,33 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any]:
     peak = max(results["nmi_peak_rss_all_pods_at_start_mib"], results["nmi_peak_rss_mib"])
     limit = max(request * MEMORY_LIMIT_FACTOR, _round_up(peak * MEMORY_LIMIT_HEADROOM, MEMORY_ROUNDING_MIB))
     cpu_us = results["nmi_hits"]["server_cpu_us_per_request"]
-    millicores_at_rate = cpu_us * CPU_SIZING_RATE / 1000
+    if cpu_us is None:
+        cpu_request, cpu_basis = None, "CPU not sized: too few requests to measure CPU per request"
+    else:
+        millicores_at_rate = cpu_us * CPU_SIZING_RATE / 1000
+        cpu_request = max(CPU_ROUNDING_MILLICORES, _round_up(millicores_at_rate, CPU_ROUNDING_MILLICORES))
+        cpu_basis = (f"CPU request = {CPU_SIZING_RATE} cached token requests/s x {cpu_us:.0f} us CPU each "
+                     f"({millicores_at_rate:.0f}m), rounded up to {CPU_ROUNDING_MILLICORES}m")
     return {
         "memory_request_mib": request,
         "memory_limit_mib": limit,
-        "cpu_request_millicores": max(CPU_ROUNDING_MILLICORES, _round_up(millicores_at_rate, CPU_ROUNDING_MILLICORES)),
+        "cpu_request_millicores": cpu_request,
         "cpu_limit": "none (a CFS quota would throttle the event loop and add latency to every pod's token call)",
         "basis": (f"memory request = {MEMORY_REQUEST_HEADROOM} x RSS with {results['pods_at_start']:,} pods or after "
                   f"cache misses ({busy:.0f} MiB); limit = max({MEMORY_LIMIT_FACTOR} x request, "
                   f"{MEMORY_LIMIT_HEADROOM} x peak RSS of a start with {results['pods_total']:,} pods ({peak:.0f} MiB)); "
-                  f"both rounded up to {MEMORY_ROUNDING_MIB} MiB. CPU request = {CPU_SIZING_RATE} cached token "
-                  f"requests/s x {cpu_us:.0f} us CPU each ({millicores_at_rate:.0f}m), rounded up to "
-                  f"{CPU_ROUNDING_MILLICORES}m"),
+                  f"both rounded up to {MEMORY_ROUNDING_MIB} MiB. {cpu_basis}"),
     }
 
 
 def _load_row(name: str, nmi: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+    def shown(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     def trio(key: str, fmt: str) -> list[str]:
         if base is None:
-            return [format(nmi[key], fmt), "-", "-"]
-        return [format(nmi[key], fmt), format(base[key], fmt), f"{ratio(nmi[key], base[key]):.2f}"]
+            return [shown(nmi[key], fmt), "-", "-"]
+        return [shown(nmi[key], fmt), shown(base[key], fmt), shown(ratio(nmi[key], base[key]), ".2f")]
 
     return [name, str(nmi["answered"]), *trio("requests_per_second", ",.0f"), *trio("p50_ms", ".2f"),
             *trio("p99_ms", ".2f"), *trio("server_cpu_us_per_request", ".0f")]
@@ -133,7 +143,8 @@ def render(results: dict[str, Any]) -> str:
     parts.append(f"\n{r['pods_total'] - r['pods_at_start']:,} pods added while running were indexed through the "
                  f"watch in {r['seconds_to_index_added_pods']:.2f} s")
     rec = r["recommendation"]
-    parts.append(f"\nDaemonSet sizing: requests memory {rec['memory_request_mib']}Mi, cpu {rec['cpu_request_millicores']}m; "
+    cpu = "not sized" if rec["cpu_request_millicores"] is None else f"{rec['cpu_request_millicores']}m"
+    parts.append(f"\nDaemonSet sizing: requests memory {rec['memory_request_mib']}Mi, cpu {cpu}; "
                  f"limits memory {rec['memory_limit_mib']}Mi, cpu {rec['cpu_limit']}.\n  ({rec['basis']})")
     exits = ", ".join(f"{name} {r[key]}" for name, key in (
         ("nmi", "nmi_exit_code"), ("nmi with pods", "nmi_pods_exit_code"),

@@ -25,7 +25,7 @@ from .world import CALLER_IP, NODE, BenchFakes, bulk_pod_ip, bulk_pods
 class BenchConfig:
     workdir: Path
     hit_requests: int = 10_000
-    error_requests: int = 5_000
+    error_requests: int = 10_000
     miss_requests: int = 60
     warmup_requests: int = 500
     concurrency: int = 8
@@ -51,14 +51,20 @@ def _baseline(workdir: Path, *, body_size: int, cpu: int | None) -> ServerProces
                          log_path=workdir / "baseline.log", ready_port=port, cpu=cpu)
 
 
+# /proc counts CPU in clock ticks (10 ms): below this much CPU a per-request figure would be mostly rounding.
+MIN_MEASURABLE_CPU_SECONDS = 0.05
+
+
 def _measured(server: ServerProcess, load: Any) -> dict[str, Any]:
-    """Runs `load()` and adds the server's CPU time spent meanwhile (all its threads)."""
+    """Runs `load()` and adds the server's CPU time spent meanwhile (all its threads); the per-request CPU
+    is None when the run was too short to measure it."""
     before = server.cpu_seconds()
     result: LoadResult = load()
     cpu = server.cpu_seconds() - before
     row = asdict(result)
     row["server_cpu_seconds"] = cpu
-    row["server_cpu_us_per_request"] = cpu / result.answered * 1e6 if result.answered else 0.0
+    measurable = cpu >= MIN_MEASURABLE_CPU_SECONDS and result.answered > 0
+    row["server_cpu_us_per_request"] = cpu / result.answered * 1e6 if measurable else None
     return row
 
 

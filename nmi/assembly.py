@@ -137,6 +137,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         stack.callback(writer.close)
         audit = AuditRecorder(writer, node=settings.node, on_dropped=metrics.audit_events_dropped)
         root_tasks["audit"] = audit.run
+        stack.push_async_callback(_final_flush, audit)  # runs before writer.close: nothing recorded is lost
     for informer in informers:
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
@@ -147,6 +148,13 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
                  root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+
+
+async def _final_flush(audit: AuditRecorder) -> None:
+    try:
+        await asyncio.wait_for(audit.flush(), timeout=5)
+    except asyncio.TimeoutError:
+        log.warning("token issuance audit: final flush timed out")
 
 
 async def _mark_synced(state: DaemonState, events: list[asyncio.Event]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -76,7 +77,9 @@ class Answer:
 
 
 class NmiProcess:
-    def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str]) -> None:
+    def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str],
+                 env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.port, self.probe_port, self.metrics_port = free_port(), free_port(), free_port()
         config = tmp / "kubeconfig"
         config.write_text(kubeconfig(fakes.api.url))
@@ -91,7 +94,8 @@ class NmiProcess:
 
     def start(self) -> None:
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"nmi exited: {self.log_path.read_text()}"
