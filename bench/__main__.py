@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="distinct resources, one IMDS call each (nmi allows 20 IMDS calls/s)")
     p.add_argument("--warmup-requests", type=int, default=defaults.warmup_requests)
     p.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    p.add_argument("--rounds", type=int, default=defaults.rounds, help="best of N interleaved rounds (hits, errors)")
     p.add_argument("--pods-at-start", type=int, default=defaults.pods_at_start)
     p.add_argument("--pods-total", type=int, default=defaults.pods_total)
     return p.parse_args(argv)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nmi-bench-"))
     config = BenchConfig(workdir=workdir, hit_requests=args.hit_requests, error_requests=args.error_requests,
                          miss_requests=args.miss_requests, warmup_requests=args.warmup_requests,
-                         concurrency=args.concurrency, pods_at_start=args.pods_at_start, pods_total=args.pods_total)
+                         concurrency=args.concurrency, rounds=args.rounds, pods_at_start=args.pods_at_start, pods_total=args.pods_total)
     print(f"running (process logs in {workdir}) ...", flush=True)
     results = run_all(config)
     results["ratios"] = ratios(results)

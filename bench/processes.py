@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from .loadgen import LoadResult
 
@@ -56,6 +57,10 @@ def _pin(pid: int, cpu: int | None) -> None:
             pass
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind: a port picked as free was taken meanwhile (by anything on the machine)."""
+
+
 class ServerProcess:
     """A server subprocess; `start` returns seconds from spawn to the first 200 on its readiness path.
     `service_port` is where the load goes (nmi answers probes on another port than tokens)."""
@@ -81,12 +86,14 @@ class ServerProcess:
         deadline = started + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                kind = PortTaken if "address already in use" in tail.lower() else RuntimeError
+                raise kind(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
             try:
                 if http_get(self.ready_port, self.ready_path, timeout=1.0)[0] == 200:
                     return time.perf_counter() - started
-            except OSError:
-                pass
+            except (OSError, http.client.HTTPException):
+                pass  # not listening yet; HTTPException: a TCP self-connect to the unbound port echoed our request
             time.sleep(0.01)
         raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
 
@@ -136,6 +143,29 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def running(make: Callable[[], ServerProcess], *, attempts: int = 3) -> Iterator[tuple[ServerProcess, float]]:
+    """Starts `make()` (fresh ports each attempt, if a port was stolen) and yields (process, start-up seconds);
+    the process is stopped on the way out, whatever happened."""
+    for attempt in range(attempts):
+        process = make()
+        try:
+            seconds = process.start()
+        except PortTaken:
+            process.stop()
+            if attempt + 1 == attempts:
+                raise
+            continue
+        except BaseException:
+            process.stop()
+            raise
+        try:
+            yield process, seconds
+        finally:
+            process.stop()
+        return
 
 
 def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metadata: bool = True,

@@ -95,13 +95,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _versus(label: str, nmi: float, base: float | None, fmt: str) -> list[str]:
+    if base is None:
+        return [label, format(nmi, fmt), "-", "-"]
+    return [label, format(nmi, fmt), format(base, fmt), format(nmi / base, ".2f")]
+
+
 def render(results: dict[str, Any]) -> str:
     r = results
     config = r["config"]
     pinning = (f"servers pinned to CPU {r['server_cpu']}, load generator to CPU {r['client_cpu']}"
                if r["server_cpu"] is not None else "no CPU pinning (fewer than 2 CPUs)")
     parts = [f"nmi benchmark: nmi vs bare aiohttp (baseline), measured in this run; {pinning}; "
-             f"keep-alive, {config['concurrency']} connections; ratio = nmi / baseline", ""]
+             f"keep-alive, {config['concurrency']} connections; best of {config['rounds']} interleaved rounds; "
+             f"ratio = nmi / baseline", ""]
     parts.append(_table(
         ["scenario", "answered", "nmi req/s", "base req/s", "ratio", "nmi p50 ms", "base p50", "ratio",
          "nmi p99 ms", "base p99", "ratio", "nmi CPU us/req", "base", "ratio"],
@@ -112,34 +119,23 @@ def render(results: dict[str, Any]) -> str:
                  f"-> {r['imds_calls_for_misses']} IMDS calls; statuses {r['nmi_misses']['statuses']}. Throughput is "
                  f"capped by nmi's own IMDS limit (20 calls/s, 5 in flight per node), by design.")
     parts.append(f"token answer: {r['token_body_bytes']} bytes (the baseline answers a body of the same size)\n")
-    parts.append(_table(
-        ["memory (VmRSS)", "nmi MiB", "baseline MiB", "ratio"],
-        [["idle after start", f"{r['nmi_rss_idle_mib']:.1f}", f"{r['baseline_rss_idle_mib']:.1f}",
-          f"{ratio(r['nmi_rss_idle_mib'], r['baseline_rss_idle_mib']):.2f}"],
-         [f"after {config['hit_requests'] + config['warmup_requests']:,} cached requests",
-          f"{r['nmi_rss_after_hits_mib']:.1f}", f"{r['baseline_rss_after_load_mib']:.1f}",
-          f"{ratio(r['nmi_rss_after_hits_mib'], r['baseline_rss_after_load_mib']):.2f}"],
-         [f"after {r['distinct_resources']} cache misses", f"{r['nmi_rss_after_misses_mib']:.1f}", "-", "-"],
-         [f"{r['pods_at_start']:,} pods on the node", f"{r['nmi_rss_pods_at_start_mib']:.1f}",
-          f"{r['baseline_rss_idle_mib']:.1f}", f"{ratio(r['nmi_rss_pods_at_start_mib'], r['baseline_rss_idle_mib']):.2f}"],
-         [f"{r['pods_total']:,} pods (added while running)", f"{r['nmi_rss_pods_total_mib']:.1f}",
-          f"{r['baseline_rss_idle_mib']:.1f}", f"{ratio(r['nmi_rss_pods_total_mib'], r['baseline_rss_idle_mib']):.2f}"],
-         [f"  peak (VmHWM) of that process", f"{r['nmi_peak_rss_mib']:.1f}", "-", "-"],
-         [f"{r['pods_total']:,} pods (listed at start)", f"{r['nmi_rss_all_pods_at_start_mib']:.1f}",
-          f"{r['baseline_rss_idle_mib']:.1f}",
-          f"{ratio(r['nmi_rss_all_pods_at_start_mib'], r['baseline_rss_idle_mib']):.2f}"],
-         [f"  peak (VmHWM) of that process", f"{r['nmi_peak_rss_all_pods_at_start_mib']:.1f}", "-", "-"]]))
+    base_rss = r["baseline_rss_idle_mib"]
+    parts.append(_table(["memory (VmRSS)", "nmi MiB", "baseline MiB", "ratio"], [
+        _versus("idle after start", r["nmi_rss_idle_mib"], base_rss, ".1f"),
+        _versus(f"after {config['hit_requests'] + config['warmup_requests']:,} cached requests",
+                r["nmi_rss_after_hits_mib"], r["baseline_rss_after_load_mib"], ".1f"),
+        _versus(f"after {r['distinct_resources']} cache misses", r["nmi_rss_after_misses_mib"], None, ".1f"),
+        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_rss_pods_at_start_mib"], base_rss, ".1f"),
+        _versus(f"{r['pods_total']:,} pods (added while running)", r["nmi_rss_pods_total_mib"], base_rss, ".1f"),
+        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_mib"], None, ".1f"),
+        _versus(f"{r['pods_total']:,} pods (listed at start)", r["nmi_rss_all_pods_at_start_mib"], base_rss, ".1f"),
+        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_all_pods_at_start_mib"], None, ".1f")]))
+    base_start = r["baseline_startup_seconds"]
     parts.append("")
-    parts.append(_table(
-        ["start-up (spawn -> ready 200)", "nmi s", "baseline s", "ratio"],
-        [["1 pod on the node", f"{r['nmi_startup_seconds']:.2f}", f"{r['baseline_startup_seconds']:.2f}",
-          f"{ratio(r['nmi_startup_seconds'], r['baseline_startup_seconds']):.2f}"],
-         [f"{r['pods_at_start']:,} pods on the node", f"{r['nmi_startup_with_pods_seconds']:.2f}",
-          f"{r['baseline_startup_seconds']:.2f}",
-          f"{ratio(r['nmi_startup_with_pods_seconds'], r['baseline_startup_seconds']):.2f}"],
-         [f"{r['pods_total']:,} pods on the node", f"{r['nmi_startup_with_all_pods_seconds']:.2f}",
-          f"{r['baseline_startup_seconds']:.2f}",
-          f"{ratio(r['nmi_startup_with_all_pods_seconds'], r['baseline_startup_seconds']):.2f}"]]))
+    parts.append(_table(["start-up (spawn -> ready 200)", "nmi s", "baseline s", "ratio"], [
+        _versus("1 pod on the node", r["nmi_startup_seconds"], base_start, ".2f"),
+        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_startup_with_pods_seconds"], base_start, ".2f"),
+        _versus(f"{r['pods_total']:,} pods on the node", r["nmi_startup_with_all_pods_seconds"], base_start, ".2f")]))
     parts.append(f"\n{r['pods_total'] - r['pods_at_start']:,} pods added while running were indexed through the "
                  f"watch in {r['seconds_to_index_added_pods']:.2f} s")
     rec = r["recommendation"]

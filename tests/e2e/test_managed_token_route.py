@@ -4,6 +4,8 @@ import base64
 import json
 import time
 
+import pytest
+
 from nmi.fakes.imds import Fault
 from nmi.fakes.kubeobjects import make_pod
 
@@ -196,3 +198,51 @@ def test_no_token_ever_appears_in_the_log(nmi):
     assert answer.json["access_token"] not in log
     assert "eyJ" not in log
     assert "token request" in log and "pod=e2e/app" in log
+
+
+def raw(nmi, request: bytes) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", nmi.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return data
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /metadata/identity/oauth2/token?resource=%ff%fe HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"GET /metadata/%ff/instance HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"GET /metadata/%00 HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"BREW /metadata/identity/oauth2/token?resource=r HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"GET /metadata/identity/oauth2/token?resource=r HTTP/1.1\r\nMetadata: true\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    b"GET /metadata/identity/oauth2/token?resource=r&&&=&%% HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello\r\n\r\n",
+    b"GET http://evil.example/metadata/instance HTTP/1.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+    b"POST /metadata/identity/oauth2/token?resource=r HTTP/1.1\r\nMetadata: true\r\nContent-Length: 999999999\r\n\r\nx",
+])
+def test_bad_input_never_crashes_or_answers_500(nmi, request_bytes):
+    answer = raw(nmi, request_bytes)
+    if answer:
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500 or status in (502, 503), answer[:300]
+    assert nmi.token().status == 200  # still serving
+
+
+def test_thousands_of_junk_resources_keep_metric_labels_bounded(nmi):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", nmi.port, timeout=30, source_address=("127.0.0.2", 0))
+    for n in range(2000):
+        conn.request("GET", f"/metadata/identity/oauth2/token?resource=https://junk-{n}.example/",
+                     headers={"Metadata": "true"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 400
+    conn.close()
+    metrics = nmi.get("/metrics", port=nmi.metrics_port).body
+    series = [line for line in metrics.splitlines() if line.startswith("aadpodidentity_nmi_operations_duration_seconds_count")]
+    assert len(series) < 50
+    assert "junk-" not in metrics and 'resource="other"' in metrics
