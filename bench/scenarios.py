@@ -10,6 +10,7 @@ Everything returned is plain data (dicts, numbers) for `bench.report`. Nothing h
 
 from __future__ import annotations
 
+import http.client
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -81,7 +82,7 @@ def _wait_indexed(nmi: ServerProcess, source: str, *, timeout: float = 60.0) -> 
         try:
             if _token_answer(nmi.service_port, source=source, timeout=10.0)[0] == 200:
                 return time.perf_counter() - started
-        except OSError:
+        except (OSError, http.client.HTTPException):
             pass
         time.sleep(0.02)
     raise RuntimeError(f"nmi did not index the pod at {source} within {timeout} s:\n{nmi.log_tail()}")
