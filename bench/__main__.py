@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nmi-bench-"))
     config = BenchConfig(workdir=workdir, hit_requests=args.hit_requests, error_requests=args.error_requests,
                          miss_requests=args.miss_requests, warmup_requests=args.warmup_requests,
-                         concurrency=args.concurrency, rounds=args.rounds, pods_at_start=args.pods_at_start, pods_total=args.pods_total)
+                         concurrency=args.concurrency, rounds=args.rounds, pods_at_start=args.pods_at_start,
+                         pods_total=args.pods_total)
     print(f"running (process logs in {workdir}) ...", flush=True)
     results = run_all(config)
     results["ratios"] = ratios(results)

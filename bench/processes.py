@@ -169,10 +169,11 @@ def running(make: Callable[[], ServerProcess], *, attempts: int = 3) -> Iterator
 
 
 def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metadata: bool = True,
-             distinct_resources: bool = False, first_index: int = 0, timeout: float = 120.0) -> LoadResult:
-    """Runs the load generator in its own process and returns what it measured."""
+             distinct_resources: bool = False, first_index: int = 0, timeout: float = 60.0) -> LoadResult:
+    """Runs the load generator in its own process and returns what it measured; `timeout` bounds the run
+    (unanswered requests then count as failed), and the process is killed if it overstays that."""
     argv = [sys.executable, "-m", "bench.loadgen", f"--port={port}", f"--count={count}",
-            f"--concurrency={concurrency}", f"--first-index={first_index}"]
+            f"--concurrency={concurrency}", f"--first-index={first_index}", f"--timeout={timeout}"]
     if not metadata:
         argv.append("--no-metadata")
     if distinct_resources:
@@ -180,7 +181,7 @@ def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metada
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
     _pin(proc.pid, cpu)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout + 15)
     finally:
         if proc.poll() is None:
             proc.kill()

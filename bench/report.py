@@ -68,12 +68,13 @@ def recommendation(results: dict[str, Any]) -> dict[str, Any]:
         "cpu_limit": "none (a CFS quota would throttle the event loop and add latency to every pod's token call)",
         "basis": (f"memory request = {MEMORY_REQUEST_HEADROOM} x RSS with {results['pods_at_start']:,} pods or after "
                   f"cache misses ({busy:.0f} MiB); limit = max({MEMORY_LIMIT_FACTOR} x request, "
-                  f"{MEMORY_LIMIT_HEADROOM} x peak RSS of a start with {results['pods_total']:,} pods ({peak:.0f} MiB)); "
+                  f"{MEMORY_LIMIT_HEADROOM} x peak RSS of a start with {results['pods_total']:,} pods "
+                  f"({peak:.0f} MiB)); "
                   f"both rounded up to {MEMORY_ROUNDING_MIB} MiB. {cpu_basis}"),
     }
 
 
-def _load_row(name: str, nmi: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+def _load_row(name: str, nmi: dict[str, Any], *, base: dict[str, Any] | None) -> list[str]:
     def shown(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
@@ -95,7 +96,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _versus(label: str, nmi: float, base: float | None, fmt: str) -> list[str]:
+def _versus(label: str, nmi: float, *, base: float | None, fmt: str) -> list[str]:
     if base is None:
         return [label, format(nmi, fmt), "-", "-"]
     return [label, format(nmi, fmt), format(base, fmt), format(nmi / base, ".2f")]
@@ -112,30 +113,35 @@ def render(results: dict[str, Any]) -> str:
     parts.append(_table(
         ["scenario", "answered", "nmi req/s", "base req/s", "ratio", "nmi p50 ms", "base p50", "ratio",
          "nmi p99 ms", "base p99", "ratio", "nmi CPU us/req", "base", "ratio"],
-        [_load_row("cached token (200)", r["nmi_hits"], r["baseline_hits"]),
-         _load_row("no Metadata header (400)", r["nmi_errors"], r["baseline_errors"]),
-         _load_row("cache miss -> IMDS (200)", r["nmi_misses"], None)]))
-    parts.append(f"\ncache misses: {r['distinct_resources']} distinct resources, {config['miss_concurrency']} connections "
+        [_load_row("cached token (200)", r["nmi_hits"], base=r["baseline_hits"]),
+         _load_row("no Metadata header (400)", r["nmi_errors"], base=r["baseline_errors"]),
+         _load_row("cache miss -> IMDS (200)", r["nmi_misses"], base=None)]))
+    parts.append(f"\ncache misses: {r['distinct_resources']} distinct resources, "
+                 f"{config['miss_concurrency']} connections "
                  f"-> {r['imds_calls_for_misses']} IMDS calls; statuses {r['nmi_misses']['statuses']}. Throughput is "
                  f"capped by nmi's own IMDS limit (20 calls/s, 5 in flight per node), by design.")
     parts.append(f"token answer: {r['token_body_bytes']} bytes (the baseline answers a body of the same size)\n")
     base_rss = r["baseline_rss_idle_mib"]
     parts.append(_table(["memory (VmRSS)", "nmi MiB", "baseline MiB", "ratio"], [
-        _versus("idle after start", r["nmi_rss_idle_mib"], base_rss, ".1f"),
+        _versus("idle after start", r["nmi_rss_idle_mib"], base=base_rss, fmt=".1f"),
         _versus(f"after {config['hit_requests'] + config['warmup_requests']:,} cached requests",
-                r["nmi_rss_after_hits_mib"], r["baseline_rss_after_load_mib"], ".1f"),
-        _versus(f"after {r['distinct_resources']} cache misses", r["nmi_rss_after_misses_mib"], None, ".1f"),
-        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_rss_pods_at_start_mib"], base_rss, ".1f"),
-        _versus(f"{r['pods_total']:,} pods (added while running)", r["nmi_rss_pods_total_mib"], base_rss, ".1f"),
-        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_mib"], None, ".1f"),
-        _versus(f"{r['pods_total']:,} pods (listed at start)", r["nmi_rss_all_pods_at_start_mib"], base_rss, ".1f"),
-        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_all_pods_at_start_mib"], None, ".1f")]))
+                r["nmi_rss_after_hits_mib"], base=r["baseline_rss_after_load_mib"], fmt=".1f"),
+        _versus(f"after {r['distinct_resources']} cache misses", r["nmi_rss_after_misses_mib"], base=None, fmt=".1f"),
+        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_rss_pods_at_start_mib"], base=base_rss, fmt=".1f"),
+        _versus(f"{r['pods_total']:,} pods (added while running)", r["nmi_rss_pods_total_mib"], base=base_rss,
+                fmt=".1f"),
+        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_mib"], base=None, fmt=".1f"),
+        _versus(f"{r['pods_total']:,} pods (listed at start)", r["nmi_rss_all_pods_at_start_mib"], base=base_rss,
+                fmt=".1f"),
+        _versus("  peak (VmHWM) of that process", r["nmi_peak_rss_all_pods_at_start_mib"], base=None, fmt=".1f")]))
     base_start = r["baseline_startup_seconds"]
     parts.append("")
     parts.append(_table(["start-up (spawn -> ready 200)", "nmi s", "baseline s", "ratio"], [
-        _versus("1 pod on the node", r["nmi_startup_seconds"], base_start, ".2f"),
-        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_startup_with_pods_seconds"], base_start, ".2f"),
-        _versus(f"{r['pods_total']:,} pods on the node", r["nmi_startup_with_all_pods_seconds"], base_start, ".2f")]))
+        _versus("1 pod on the node", r["nmi_startup_seconds"], base=base_start, fmt=".2f"),
+        _versus(f"{r['pods_at_start']:,} pods on the node", r["nmi_startup_with_pods_seconds"], base=base_start,
+                fmt=".2f"),
+        _versus(f"{r['pods_total']:,} pods on the node", r["nmi_startup_with_all_pods_seconds"], base=base_start,
+                fmt=".2f")]))
     parts.append(f"\n{r['pods_total'] - r['pods_at_start']:,} pods added while running were indexed through the "
                  f"watch in {r['seconds_to_index_added_pods']:.2f} s")
     rec = r["recommendation"]

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .loadgen import LoadResult, token_path
 from .processes import ServerProcess, cpu_layout, free_port, http_get, run_load, running
@@ -43,7 +43,8 @@ def _nmi(fakes: BenchFakes, workdir: Path, *, name: str, cpu: int | None) -> Ser
             f"--kubeconfig={fakes.kubeconfig_path}", f"--kubelet-config={fakes.kubelet_config_path}",
             "--manage-iptables=false",
             "--operation-mode=managed", "--forceNamespaced"]
-    return ServerProcess(name, argv, log_path=workdir / f"{name}.log", ready_port=probe_port, service_port=port, cpu=cpu)
+    return ServerProcess(name, argv, log_path=workdir / f"{name}.log", ready_port=probe_port, service_port=port,
+                         cpu=cpu)
 
 
 def _baseline(workdir: Path, *, body_size: int, cpu: int | None) -> ServerProcess:
@@ -57,11 +58,11 @@ def _baseline(workdir: Path, *, body_size: int, cpu: int | None) -> ServerProces
 MIN_MEASURABLE_CPU_SECONDS = 0.05
 
 
-def _measured(server: ServerProcess, load: Any) -> dict[str, Any]:
+def _measured(server: ServerProcess, load: Callable[[], LoadResult]) -> dict[str, Any]:
     """Runs `load()` and adds the server's CPU time spent meanwhile (all its threads); the per-request CPU
     is None when the run was too short to measure it."""
     before = server.cpu_seconds()
-    result: LoadResult = load()
+    result = load()
     cpu = server.cpu_seconds() - before
     row = asdict(result)
     row["server_cpu_seconds"] = cpu

@@ -23,7 +23,8 @@ NAMESPACE = "bench"
 SELECTOR = "bench"
 IDENTITY = VmIdentity(
     client_id="bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb", object_id="0b000000-0000-4000-8000-00000000000b",
-    resource_id="/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/bench")
+    resource_id=("/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/"
+                 "userAssignedIdentities/bench"))
 CALLER_IP = "127.0.0.1"
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 ACCESS_LOGGER = "nmi.access"
+_ACCESS_CALLER_FIELDS = ("resource", "remote")
 REDACTED = "[REDACTED]"
 # Libraries whose INFO/DEBUG output is noise at normal verbosity (and whose DEBUG may echo request bodies).
 NOISY_LIBRARIES = ("kubernetes", "urllib3", "msal", "aiohttp", "asyncio")
@@ -29,7 +30,7 @@ _AAD_CLIENT_SECRET = re.compile(r"\b[A-Za-z0-9_\-.]{3}[0-9]Q~[A-Za-z0-9_\-.~]{30
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)")
 _SECRET_ASSIGNMENT = re.compile(
     r"""(?ix)
-    (?P<key>["']?[a-z_\-]*(?:access_token|refresh_token|id_token|client[_\-]?secret|client_assertion
+    (?P<key>(?:access_token|refresh_token|id_token|client[_\-]?secret|client_assertion
                            |password|passwd|authorization|api[_\-]?key)["']?)
     (?P<sep>\s*[:=]\s*)
     (?P<value>\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}\])]+)
@@ -56,9 +57,18 @@ def _redact_assignment(match: re.Match[str]) -> str:
     return f"{match.group('key')}{match.group('sep')}{quote}{REDACTED}{quote}"
 
 
+# Every pattern below needs one of these (case-insensitively); most log text has none, and `in` is cheap.
+_TRIGGERS = ("eyj", "bearer", "basic", "q~", "private key", "token", "secret", "password", "passwd",
+             "authorization", "assertion", "api_key", "api-key", "apikey")
+
+
 def scrub_text(text: str) -> str:
     """`text` with JWTs, Bearer/Basic credentials, Azure AD client secrets, private keys and the values of
-    token/secret/password assignments replaced."""
+    token/secret/password assignments replaced. Linear in the length of `text` (the key prefix is bounded),
+    so caller-supplied text cannot make logging slow."""
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     text = _PRIVATE_KEY.sub(REDACTED, text)
     text = _JWT.sub(REDACTED, text)
     text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
@@ -105,7 +115,10 @@ class SecretScrubber(logging.Filter):
             record.exc_text = scrub_text(record.exc_text)
         if record.stack_info:
             record.stack_info = scrub_text(record.stack_info)
-        for key, value in record_extras(record).items():
+        extras = record_extras(record)
+        if record.name == ACCESS_LOGGER:  # built by log_access from nmi's own state; only these come from callers
+            extras = {key: extras[key] for key in _ACCESS_CALLER_FIELDS if key in extras}
+        for key, value in extras.items():
             setattr(record, key, scrub_value(key, value))
         return True
 
