@@ -105,3 +105,22 @@ def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_p
     assert "aad-metadata" not in saved
     log_text = (tmp_path / "nmi.log").read_text()
     assert "conntrack" in log_text and "eyJ" not in log_text
+
+
+def test_a_dying_root_task_stops_the_daemon_with_exit_1_and_no_chain_left(node, tmp_path):
+    topo, kubeconfig, kubelet = node
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "conntrack").write_text("#!/bin/sh\necho 'conntrack v1.4.7: Operation failed: broken on purpose' >&2\nexit 2\n")
+    (broken / "conntrack").chmod(0o755)
+    import os
+    env = {**os.environ, "PATH": f"{broken}:{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "nmi", f"--node={world.NODE}", "--operation-mode=managed", "--forceNamespaced",
+            f"--nmi-listen-address={topo.node_ip}", "--http-probe-port=8085", "--prometheus-port=9090",
+            f"--kubeconfig={kubeconfig}", f"--kubelet-config={kubelet}", "--iptables-backend=nft",
+            "--enable-conntrack-deletion"]
+    done = subprocess.run(["ip", "netns", "exec", topo.node.name, *argv], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "iptables" in done.stderr and "conntrack" in done.stderr
+    assert chain_lines(topo.node, "nft") == []
