@@ -25,7 +25,12 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  echo "bootstrap: installing nmi and its test extras into .venv (log: .venv/pip.log)" >&2
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]'; } \
+      > .venv/pip.log 2>&1; then
+    tail -n 30 .venv/pip.log >&2
+    echo "bootstrap: pip install failed (full log: .venv/pip.log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
