@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from nmi.fakes.ports import unused_port
+
 from .loadgen import LoadResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,9 +27,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return unused_port()
 
 
 def cpu_layout() -> tuple[int | None, int | None]:

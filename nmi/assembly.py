@@ -19,13 +19,15 @@ from .cli import Settings
 from .kube.client import KubeConfigError, build_api_client
 from .kube.events import KubeEventWriter
 from .kube.reads import KubeSecretReader, LivePodLookup
+from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
 from .logs import log_access
 from .errors import NmiError
+from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
-from .tokens import TokenService
+from .tokens import TokenService, workload_owner_key
 
 log = logging.getLogger("nmi")
 
@@ -111,21 +113,28 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     catalog = IdentityIndex()
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
                                managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
+                               workload_identity=settings.workload_identity,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
     secrets = KubeSecretReader(api_client)
     stack.callback(secrets.close)
+    minter = None
+    if settings.workload_identity:
+        minter = KubeServiceAccountTokens(api_client)
+        stack.callback(minter.close)
     tokens = TokenService(CountedSecretReader(secrets, metrics), metadata_ip=settings.metadata_ip,
                           metadata_port=settings.metadata_port,
                           observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight)
+                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter)
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
         wait_for_created=float(settings.retry_attempts_for_created * settings.find_identity_retry_interval),
-        wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header)
-    broker = TokenBroker(pods, catalog, tokens, policy=policy)
+        wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header,
+        workload_identity=settings.workload_identity, workload_identity_tenant=settings.workload_identity_tenant_id,
+        workload_identity_authority=settings.workload_identity_authority_host)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog)
     proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)
@@ -170,6 +179,9 @@ async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None
         await catalog.wait_changed(timeout=3600)
         keys = {i.key for i in catalog.identity_store.all()}
         keys |= {a.identity.key for a in catalog.assigned_store.all() if a.identity is not None}
+        # Workload identity: tokens live while their ServiceAccount exists and still names a client ID.
+        keys |= {workload_owner_key(Identity(namespace=sa.namespace, name=sa.name, service_account=sa.name))
+                 for sa in catalog.service_account_store.all() if sa.client_id}
         tokens.forget(keys)
 
 

@@ -12,8 +12,9 @@ from typing import Callable
 
 from . import identities as rules
 from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
-from .model import Binding, Identity, PodInfo, TokenGrant, TokenRequest
-from .ports import IdentityCatalog, PodDirectory, TokenSource
+from .model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, Binding, Identity, PodInfo, TokenGrant,
+                    TokenRequest)
+from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class BrokerPolicy:
     wait_for_created: float = 80.0  # --retry-attempts-for-created x --find-identity-retry-interval
     wait_total: float = 100.0  # (created + assigned attempts) x interval
     retry_after_while_waiting: bool = False  # --set-retry-after-header
+    # Workload identity bridge: pods matching no binding, with an annotated ServiceAccount (--workload-identity*).
+    workload_identity: bool = False
+    workload_identity_tenant: str = ""
+    workload_identity_authority: str = "https://login.microsoftonline.com/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,10 @@ class Outcome:
 
 class TokenBroker:
     def __init__(self, pods: PodDirectory, catalog: IdentityCatalog, tokens: TokenSource, *,
-                 policy: BrokerPolicy, clock: Callable[[], float] | None = None) -> None:
+                 policy: BrokerPolicy, clock: Callable[[], float] | None = None,
+                 service_accounts: ServiceAccountDirectory | None = None) -> None:
         self._pods = pods
+        self._service_accounts = service_accounts
         self._catalog = catalog
         self._tokens = tokens
         self._policy = policy
@@ -79,6 +86,9 @@ class TokenBroker:
             grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,
                                                     resource_id=request.resource_id)
             return Outcome(pod, None, grant)
+        workload = self._workload_identity(pod)
+        if workload is not None:
+            return await self._for_workload(pod, workload, request)
         candidates = await self._candidates(pod, request)
         if request.object_id:
             identity, grant = await self._by_object_id(candidates, request)
@@ -86,6 +96,39 @@ class TokenBroker:
             identity = candidates[0]
             grant = await self._tokens.get(identity, request.resource)
         return Outcome(pod, identity, grant, self._binding_for(pod, identity))
+
+    def _workload_identity(self, pod: PodInfo) -> Identity | None:
+        """The bridge applies only to a pod aad-pod-identity does not serve, labelled for workload identity, whose
+        ServiceAccount names a client ID; None leaves every other pod to the usual rules."""
+        policy = self._policy
+        if not policy.workload_identity or self._service_accounts is None:
+            return None
+        if pod.labels.get(WORKLOAD_IDENTITY_USE_LABEL) != "true" or self._has_pod_identity(pod):
+            return None
+        account = self._service_accounts.service_account(pod.namespace, pod.service_account)
+        if account is None or not account.client_id:
+            return None
+        return Identity(namespace=pod.namespace, name=account.name, type=WORKLOAD_IDENTITY,
+                        client_id=account.client_id, tenant_id=account.tenant_id or policy.workload_identity_tenant,
+                        ad_endpoint=policy.workload_identity_authority, service_account=account.name,
+                        pod_name=pod.name, pod_uid=pod.uid)
+
+    def _has_pod_identity(self, pod: PodInfo) -> bool:
+        if self._policy.mode == MANAGED:
+            return bool(rules.managed_identities(pod, self._catalog.bindings(pod.namespace),
+                                                 self._catalog.identities(pod.namespace)))
+        return bool(rules.matching_bindings(pod, self._catalog.bindings(None), same_namespace=self._policy.namespaced)
+                    or list(self._catalog.assigned(pod.namespace, pod.name)))
+
+    async def _for_workload(self, pod: PodInfo, identity: Identity, request: TokenRequest) -> Outcome:
+        """Only the ServiceAccount's own client ID: a resource ID cannot name it, another client ID is not its."""
+        if request.resource_id or (request.client_id and request.client_id.lower() != identity.client_id.lower()):
+            raise IdentityNotFound()
+        if request.object_id:
+            identity, grant = await self._by_object_id([identity], request)
+        else:
+            grant = await self._tokens.get(identity, request.resource)
+        return Outcome(pod, identity, grant)
 
     def _binding_for(self, pod: PodInfo, identity: Identity) -> Binding | None:
         bindings = rules.matching_bindings(pod, self._catalog.bindings(identity.namespace), same_namespace=False)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, Hashable, Iterable, Protocol, TypeVar
 
 from .errors import NmiError, PodConflict, PodNotFound
-from .model import AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo
+from .model import AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, ServiceAccount
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class ObjectStore(Generic[T]):
 
     def all(self) -> list[T]:
         return [self._by_key[key] for key in sorted(self._by_key)]
+
+    def get(self, namespace: str, name: str) -> T | None:
+        return self._by_key.get((namespace, name))
 
     def group(self, group: Hashable) -> list[T]:
         members = self._groups.get(group, {})
@@ -98,6 +101,8 @@ class IdentityIndex:
         self.binding_store: ObjectStore[Binding] = ObjectStore(_namespace, on_change=self._changed)
         self.exception_store: ObjectStore[PodIdentityException] = ObjectStore(_namespace, on_change=self._changed)
         self.assigned_store: ObjectStore[AssignedIdentity] = ObjectStore(_assigned_pod, on_change=self._changed)
+        # Fed only with --workload-identity (an empty store otherwise): also `nmi.ports.ServiceAccountDirectory`.
+        self.service_account_store: ObjectStore[ServiceAccount] = ObjectStore(_namespace, on_change=self._changed)
 
     def identities(self, namespace: str) -> list[Identity]:
         return self.identity_store.group(namespace)
@@ -111,6 +116,9 @@ class IdentityIndex:
 
     def assigned(self, namespace: str, pod_name: str) -> list[AssignedIdentity]:
         return self.assigned_store.group((namespace, pod_name))
+
+    def service_account(self, namespace: str, name: str) -> ServiceAccount | None:
+        return self.service_account_store.get(namespace, name)
 
     async def wait_changed(self, timeout: float) -> bool:
         event = self._changed_event
@@ -280,7 +288,7 @@ def _older(incoming: str, stored: str) -> bool:
     return False
 
 
-def _namespace(item: Identity | Binding | PodIdentityException) -> str:
+def _namespace(item: Identity | Binding | PodIdentityException | ServiceAccount) -> str:
     return item.namespace
 
 

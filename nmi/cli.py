@@ -48,6 +48,9 @@ class Settings:
     manage_iptables: bool = True
     iptables_backend: str = "auto"
     audit_events: bool = True
+    workload_identity: bool = False
+    workload_identity_tenant_id: str = ""
+    workload_identity_authority_host: str = "https://login.microsoftonline.com/"
 
     @property
     def dnat_target(self) -> str:
@@ -118,6 +121,17 @@ def parse_positive(text: str) -> int:
     return value
 
 
+def parse_https_url(text: str) -> str:
+    """An https URL with a host, normalised to end in `/` (MSAL authorities are <host>/<tenant>)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an https URL")
+    url = text.strip()
+    return url if url.endswith("/") else url + "/"
+
+
 def choice(*allowed: str):
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -183,6 +197,12 @@ def _build_parser() -> _Parser:
     switch("manage-iptables", "manage_iptables", True, "install and supervise the aad-metadata chain")
     flag("iptables-backend", "iptables_backend", choice("auto", "legacy", "nft"), "auto", "auto, legacy or nft")
     switch("audit-events", "audit_events", True, "record token issuance as Events on the AzureIdentityBinding")
+    switch("workload-identity", "workload_identity", False,
+           "serve pods without a binding through workload identity federation of their ServiceAccount")
+    flag("workload-identity-tenant-id", "workload_identity_tenant_id", str, "",
+         "tenant when the ServiceAccount has no azure.workload.identity/tenant-id annotation")
+    flag("workload-identity-authority-host", "workload_identity_authority_host", parse_https_url,
+         "https://login.microsoftonline.com/", "Azure AD authority host for workload identity federation")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 

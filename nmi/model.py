@@ -16,6 +16,14 @@ EMPTY: Mapping[str, str] = MappingProxyType({})
 USER_ASSIGNED_MSI = 0
 SERVICE_PRINCIPAL = 1
 SERVICE_PRINCIPAL_CERTIFICATE = 2
+# nmi-only, never in a CRD: a pod without aad-pod-identity binding, served through workload identity
+# federation for its ServiceAccount (--workload-identity).
+WORKLOAD_IDENTITY = 100
+
+# azure-workload-identity's names (the azwi webhook requires the pod label with exactly "true").
+WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
+WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
+WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
 
 NAMESPACED_ANNOTATION = "aadpodidentity.k8s.io/Behavior"
 BINDING_LABEL = "aadpodidbinding"
@@ -69,10 +77,34 @@ class Identity:
     client_password: SecretRef | None = None
     namespaced: bool = False  # annotation aadpodidentity.k8s.io/Behavior: namespaced
     uid: str = ""
+    # WORKLOAD_IDENTITY only: the ServiceAccount (in `namespace`) whose federated token is exchanged, and the
+    # calling pod the minted ServiceAccount token is bound to. The pod is not part of the identity's equality.
+    service_account: str = ""
+    pod_name: str = field(default="", compare=False)
+    pod_uid: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A ServiceAccount as far as the workload identity bridge cares: its azure.workload.identity annotations."""
+
+    namespace: str
+    name: str
+    client_id: str = ""  # azure.workload.identity/client-id, "" when absent
+    tenant_id: str = ""  # azure.workload.identity/tenant-id, "" when absent
+    uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountToken:
+    """A token minted through the TokenRequest API (never logged: repr hides it)."""
+
+    token: str = field(repr=False)
+    expires_on: float  # epoch seconds, from status.expirationTimestamp
 
 
 @dataclass(frozen=True, slots=True)

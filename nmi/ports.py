@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Protocol
 
-from .model import AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenGrant
+from .model import (AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, ServiceAccount,
+                    ServiceAccountToken, TokenGrant)
 
 
 class PodDirectory(Protocol):
@@ -32,6 +33,19 @@ class IdentityCatalog(Protocol):
 
     async def wait_changed(self, timeout: float) -> bool:
         """Wait until any identity object changes (event-driven, woken by the informer). False on timeout."""
+
+
+class ServiceAccountDirectory(Protocol):
+    def service_account(self, namespace: str, name: str) -> ServiceAccount | None:
+        """From the ServiceAccount watch cache only (workload identity bridge)."""
+
+
+class ServiceAccountTokenMinter(Protocol):
+    async def mint_token(self, namespace: str, service_account: str, *, pod_name: str,
+                         pod_uid: str) -> ServiceAccountToken:
+        """TokenRequest for the workload identity audience, bound to the pod. Raises
+        errors.IdentityConfigurationError naming the ServiceAccount when refused (403/404 or the pod is gone),
+        errors.Unavailable when the API server cannot be reached."""
 
 
 class SecretReader(Protocol):

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from .errors import IdentityConfigurationError
-from .model import SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, USER_ASSIGNED_MSI, Identity, SecretRef
+from .model import (SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, Identity,
+                    SecretRef)
 
 DEFAULT_AD_ENDPOINT = "https://login.microsoftonline.com/"
 MAX_AUXILIARY_TENANTS = 3
@@ -39,6 +40,8 @@ class ClientCertificate:
 
 
 def identity_label(identity: Identity) -> str:
+    if identity.type == WORKLOAD_IDENTITY:
+        return f"ServiceAccount {identity.namespace}/{identity.service_account}"
     return f"AzureIdentity {identity.key}"
 
 
@@ -49,6 +52,15 @@ def check_identity(identity: Identity) -> None:
         # Upstream NMI sent no client_id then, which hands the pod the node's own identity. nmi refuses.
         if not identity.client_id and not identity.resource_id:
             raise IdentityConfigurationError(f"{label} has neither clientID nor resourceID")
+        return
+    if identity.type == WORKLOAD_IDENTITY:
+        if not identity.client_id or not identity.service_account:
+            raise IdentityConfigurationError(f"{label} has no azure.workload.identity/client-id annotation")
+        if not identity.tenant_id:
+            raise IdentityConfigurationError(
+                f"{label} has no azure.workload.identity/tenant-id annotation and --workload-identity-tenant-id"
+                " is not set")
+        authority_host(identity)
         return
     if identity.type not in (SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE):
         raise IdentityConfigurationError(f"{label}: unsupported identity type {identity.type}")
@@ -67,7 +79,8 @@ def authority_host(identity: Identity) -> str:
     endpoint = identity.ad_endpoint or DEFAULT_AD_ENDPOINT
     parts = urlsplit(endpoint)
     if parts.scheme != "https" or not parts.hostname:
-        raise IdentityConfigurationError(f"{identity_label(identity)}: adEndpoint must be an https URL")
+        what = "--workload-identity-authority-host" if identity.type == WORKLOAD_IDENTITY else "adEndpoint"
+        raise IdentityConfigurationError(f"{identity_label(identity)}: {what} must be an https URL")
     return endpoint if endpoint.endswith("/") else endpoint + "/"
 
 

@@ -3,6 +3,8 @@
     TokenService.get ─► TokenCache (hit: answered on the loop) ─► single flight ─► RetryPolicy
         type 0 / node ─► UpstreamGate (5 in flight, 20/s) ─► worker thread: msal.ManagedIdentityClient ─► IMDS
         type 1 / 2   ─► SecretReader ─► worker thread: msal.ConfidentialClientApplication ─► Azure AD
+        workload identity ─► AssertionCache (TokenRequest, pod-bound) ─► ConfidentialClientApplication
+                             with the ServiceAccount token as client_assertion ─► Azure AD
 
 MSAL is synchronous and does network I/O even in its constructors, so every MSAL call runs in a thread
 pool this module owns. nmi's TokenCache is the only token cache: MSAL gets caches that keep nothing
@@ -22,11 +24,12 @@ from typing import Any, Callable, Hashable, Mapping, TypeVar
 import msal
 import requests
 
-from .errors import IdentityConfigurationError
-from .model import SERVICE_PRINCIPAL, USER_ASSIGNED_MSI, AccessToken, Identity, TokenGrant
-from .ports import SecretReader
+from .errors import IdentityConfigurationError, TokenRefused
+from .model import SERVICE_PRINCIPAL, USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
+from .ports import SecretReader, ServiceAccountTokenMinter
+from .sa_assertions import AssertionCache
 from .sp_credentials import (ClientCertificate, ClientSecret, authority_host, check_identity,
-                             client_certificate_from, client_secret_from)
+                             client_certificate_from, client_secret_from, identity_label)
 from .token_cache import RefreshPolicy, TokenCache
 from .upstream_http import (AadHttpClient, ImdsHttpClient, aad_session, access_token_from, failure_from,
                             imds_session)
@@ -59,8 +62,11 @@ class TokenService:
                  attempt_timeout: float = 5.0, imds_rate: int = 20, imds_concurrency: int = 5,
                  max_entries: int = 4096, refresh_policy: RefreshPolicy = RefreshPolicy(), max_workers: int = 10,
                  observe_upstream: ObserveUpstream | None = None, in_flight: InFlightHook | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 service_account_tokens: ServiceAccountTokenMinter | None = None) -> None:
         self._secrets = secrets
+        # Workload identity bridge (opt-in): None leaves WORKLOAD_IDENTITY identities refused as misconfigured.
+        self.assertions = AssertionCache(service_account_tokens, clock=clock) if service_account_tokens else None
         self._clock = clock
         host = f"[{metadata_ip}]" if ":" in metadata_ip else metadata_ip
         self._imds_url = f"http://{host}:{metadata_port}"
@@ -83,6 +89,12 @@ class TokenService:
 
     async def get(self, identity: Identity, resource: str) -> TokenGrant:
         check_identity(identity)
+        if identity.type == WORKLOAD_IDENTITY:
+            # Keyed by namespace and ServiceAccount: two ServiceAccounts federated to one client ID never share.
+            key = (workload_owner_key(identity), identity.client_id.lower(), identity.tenant_id,
+                   identity.ad_endpoint, resource)
+            return await self._cache.get(key, lambda: self._from_federation(identity, resource),
+                                         owner=workload_owner_key(identity))
         return await self._cache.get((_identity_cache_key(identity), resource),
                                      lambda: self._fetch(identity, resource), owner=identity.key)
 
@@ -93,7 +105,7 @@ class TokenService:
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         self._cache.forget(keep_identity_keys)
-        for key in [k for k in self._apps if k[0][0] not in keep_identity_keys]:
+        for key in [k for k in self._apps if _app_owner(k) not in keep_identity_keys]:
             del self._apps[key]
 
     async def wait_idle(self) -> None:
@@ -162,21 +174,33 @@ class TokenService:
 
         return await self._retry.run(attempt, upstream=f"Azure AD (tenant {tenant})", retry_statuses=AAD_RETRY_STATUSES)
 
-    async def _app(self, identity: Identity, tenant: str,
-                   credential: ClientSecret | ClientCertificate) -> msal.ConfidentialClientApplication:
-        key = (_identity_cache_key(identity), tenant)
-        known = self._apps.get(key)
-        if known is not None and known[0] == credential.fingerprint:
-            self._apps.move_to_end(key)
-            return known[1]
-        app = await self._in_thread("aad", self._build_app, identity, tenant, credential)
-        self._apps[key] = (credential.fingerprint, app)
-        self._apps.move_to_end(key)
-        while len(self._apps) > self._max_apps:
-            self._apps.popitem(last=False)
-        return app
+    async def _from_federation(self, identity: Identity, resource: str) -> tuple[AccessToken, ...]:
+        assertions = self.assertions
+        if assertions is None:
+            raise IdentityConfigurationError("workload identity is not enabled (--workload-identity)")
+        scope = resource if resource.endswith("/" + _DEFAULT) else resource + "/" + _DEFAULT
+        namespace, account = identity.namespace, identity.service_account
 
-    def _build_app(self, identity: Identity, tenant: str,
+        async def attempt() -> AccessToken:
+            async with self._aad_slots:
+                # Fresh (or re-minted at 80 % of its life) before MSAL's callable reads it in the worker thread.
+                await assertions.current(namespace, account, pod_name=identity.pod_name, pod_uid=identity.pod_uid)
+                key = (workload_owner_key(identity), identity.tenant_id, identity.client_id.lower())
+                credential = {"client_assertion": lambda: assertions.peek(namespace, account)}
+                app = await self._cached_app(key, "federated", identity, credential)
+                return await self._in_thread("aad", self._aad_call, app, scope, resource, identity.client_id, "")
+
+        upstream = f"Azure AD (tenant {identity.tenant_id})"
+        try:
+            return (await self._retry.run(attempt, upstream=upstream, retry_statuses=AAD_RETRY_STATUSES),)
+        except TokenRefused as refused:
+            if "AADSTS700024" not in refused.description:
+                raise
+            # Azure AD found the assertion expired (clock skew, or shortened by the API server): mint once more.
+            assertions.forget(namespace, account)
+            return (await self._retry.run(attempt, upstream=upstream, retry_statuses=AAD_RETRY_STATUSES),)
+
+    async def _app(self, identity: Identity, tenant: str,
                    credential: ClientSecret | ClientCertificate) -> msal.ConfidentialClientApplication:
         if isinstance(credential, ClientSecret):
             client_credential: Any = credential.value
@@ -185,6 +209,23 @@ class TokenService:
             # PS256 as Azure AD now documents (RS256 + x5t for ADFS authorities), and sends x5c like upstream.
             client_credential = {"private_key": credential.private_key,
                                  "public_certificate": credential.certificate_pem}
+        key = (_identity_cache_key(identity), tenant)
+        return await self._cached_app(key, credential.fingerprint, identity, client_credential, tenant=tenant)
+
+    async def _cached_app(self, key: Hashable, fingerprint: str, identity: Identity, client_credential: Any, *,
+                          tenant: str = "") -> msal.ConfidentialClientApplication:
+        known = self._apps.get(key)
+        if known is not None and known[0] == fingerprint:
+            self._apps.move_to_end(key)
+            return known[1]
+        app = await self._in_thread("aad", self._build_app, identity, tenant or identity.tenant_id, client_credential)
+        self._apps[key] = (fingerprint, app)
+        self._apps.move_to_end(key)
+        while len(self._apps) > self._max_apps:
+            self._apps.popitem(last=False)
+        return app
+
+    def _build_app(self, identity: Identity, tenant: str, client_credential: Any) -> msal.ConfidentialClientApplication:
         self._aad.begin()
         try:
             # instance_discovery=False: never ask login.microsoftonline.com to vouch for the operator's adEndpoint.
@@ -198,7 +239,7 @@ class TokenService:
             answer = self._aad.last_answer()
             if answer is None:  # refused before any request: MSAL's own URL checks
                 raise IdentityConfigurationError(
-                    f"AzureIdentity {identity.key}: adEndpoint and tenantID do not form a valid authority") from None
+                    f"{identity_label(identity)}: the authority host and tenant do not form a valid authority") from None
             if answer.status < 400:
                 raise
             raise failure_from(answer, answer.json_object(), self._clock(),
@@ -232,6 +273,16 @@ class TokenService:
                 self._in_flight(source, -1)
             if self._observe:
                 self._observe(source, time.perf_counter() - started, ok)
+
+
+def _app_owner(key: Hashable) -> str:
+    first = key[0]  # type: ignore[index]
+    return first if isinstance(first, str) else first[0]  # workload identity: the owner key itself
+
+
+def workload_owner_key(identity: Identity) -> str:
+    """The cache owner of a workload identity's tokens: its ServiceAccount (kept while the SA is annotated)."""
+    return f"serviceaccount:{identity.namespace}/{identity.service_account}"
 
 
 def _identity_cache_key(identity: Identity) -> Hashable:

@@ -18,6 +18,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from ..fakes.ports import unused_ports
 from . import world
 from .netns import Topology, netns_unavailable
 from .scenario import Scenario
@@ -78,15 +79,8 @@ def run_in_namespaces(tmp: Path) -> int:
 
 def run_on_loopback(tmp: Path) -> int:
     """Pods are 127.0.0.1 (frontend, so azure-identity works unmodified but for the authority host), .2, .3."""
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-    imds_port, token_port, probe_port, metrics_port = (free_port() for _ in range(4))
+    imds_port, token_port, probe_port, metrics_port = unused_ports(4)
     kubeconfig, kubelet = tmp / "kubeconfig", tmp / "kubelet"
     kubelet.write_text("")
     with ExitStack() as stack:

@@ -30,8 +30,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from .fake_jwt import b64url, b64url_decode, unsigned_jwt
 from .imds import Fault
 from .pki import CertificateAuthority
+from .sa_issuer import verified_claims
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    issuer: str
+    subject: str
+    public_key: Any = None  # the issuer's signing key (its JWKS, in real life); None: signature not checked
 
 
 @dataclass
@@ -40,6 +49,7 @@ class RegisteredApp:
     secret: str | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
     object_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    federated: list[FederatedCredential] = field(default_factory=list)
 
 
 def _error(status: int, error: str, description: str) -> web.Response:
@@ -59,6 +69,7 @@ class FakeAad:
         self.discovery_calls: Counter[str] = Counter()
         self.client_auth: list[str] = []  # per token request: "secret" or "assertion:<alg>" (never the secret)
         self.assertion_headers: list[list[str]] = []  # header names of each client assertion that matched a key
+        self.federated_assertions: list[dict[str, Any]] = []  # claims of every accepted federated assertion
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -81,6 +92,14 @@ class FakeAad:
     def register_certificate_app(self, tenant: str, client_id: str, certificate: x509.Certificate) -> RegisteredApp:
         app = RegisteredApp(client_id, certificate=certificate)
         self.apps.setdefault(tenant, {})[client_id] = app
+        return app
+
+    def register_federated_app(self, tenant: str, client_id: str, issuer: str, subject: str, *,
+                               public_key: Any = None) -> RegisteredApp:
+        """An app (or managed identity) with a federated identity credential; call again to add another subject."""
+        app = self.apps.setdefault(tenant, {}).get(client_id) or RegisteredApp(client_id)
+        app.federated.append(FederatedCredential(issuer, subject, public_key))
+        self.apps[tenant][client_id] = app
         return app
 
     def fail_next(self, count: int, fault: Fault) -> None:
@@ -174,6 +193,8 @@ class FakeAad:
             return ""
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             return "AADSTS7000216: 'client_assertion', 'client_secret' or 'request' is required."
+        if app.federated:
+            return self._verify_federated(app, str(form["client_assertion"]))
         if app.certificate is None:
             return "AADSTS700027: no certificate is registered for this application."
         return self._verify_assertion(app, str(form["client_assertion"]), token_url)
@@ -207,6 +228,29 @@ class FakeAad:
         if float(claims.get("exp", 0)) <= time.time():
             return "AADSTS700024: the client assertion has expired."
         return ""
+
+
+    def _verify_federated(self, app: RegisteredApp, assertion: str) -> str:
+        """As Azure AD checks a federated credential: signature, iss, sub, aud, exp (not the pod binding)."""
+        self.client_auth.append("federated")
+        try:
+            claims = json.loads(b64url_decode(assertion.split(".")[1]))
+        except (ValueError, IndexError):
+            return "AADSTS50027: the client assertion is not a JWT."
+        audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+        for credential in app.federated:
+            if claims.get("iss") != credential.issuer or claims.get("sub") != credential.subject:
+                continue
+            if credential.public_key is not None and verified_claims(assertion, credential.public_key) is None:
+                return "AADSTS700027: the client assertion signature does not verify."
+            if TOKEN_EXCHANGE_AUDIENCE not in audiences:
+                return f"AADSTS700212: no matching federated identity record for audience {audiences}."
+            if float(claims.get("exp", 0)) <= self._clock():
+                return "AADSTS700024: the client assertion is not within its valid time range."
+            self.federated_assertions.append(claims)
+            return ""
+        return (f"AADSTS70021: No matching federated identity record found for presented assertion. "
+                f"Assertion Issuer: '{claims.get('iss')}'. Assertion Subject: '{claims.get('sub')}'.")
 
 
 def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:

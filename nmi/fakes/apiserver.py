@@ -1,7 +1,8 @@
 """A fake Kubernetes API server over real HTTP, for tests and the demo.
 
-Speaks what nmi uses: pod and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for compacted
-history, streams held open until `timeoutSeconds`), Secret GET, Event POST. Records every request so tests
+Speaks what nmi uses: pod, ServiceAccount and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for
+compacted history, streams held open until `timeoutSeconds`), Secret GET, Event POST, and TokenRequest
+(`serviceaccounts/{name}/token`, RS256 tokens signed by `sa_issuer`, bound to a pod checked by name and UID). Records every request so tests
 can assert how the client behaved ("one list, then watches"), and can inject 500s or dropped connections.
 
     server = FakeApiServer()
@@ -30,7 +31,9 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_identity,
     make_pod,
     make_secret,
+    make_service_account,
 )
+from .sa_issuer import ServiceAccountIssuer, rfc3339
 
 log = logging.getLogger(__name__)
 CRD_PREFIX = "/apis/aadpodidentity.k8s.io/v1"
@@ -63,6 +66,8 @@ class FakeApiServer:
         self.expire_with_http_410 = expire_with_http_410
         self.requests: list[RequestRecord] = []
         self.posted_events: list[dict[str, Any]] = []
+        self.sa_issuer = ServiceAccountIssuer()
+        self.token_requests: list[dict[str, Any]] = []  # (namespace, service_account, spec) of each one granted
         self._faults: list[_Fault] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -73,6 +78,9 @@ class FakeApiServer:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/api/v1/pods", self._collection)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._collection)
+        app.router.add_get("/api/v1/{plural:serviceaccounts}", self._collection)
+        app.router.add_get("/api/v1/namespaces/{ns}/{plural:serviceaccounts}", self._collection)
+        app.router.add_post("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token", self._token_request)
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._post_event)
         app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
@@ -218,6 +226,37 @@ class FakeApiServer:
             return _status(404, "NotFound", f'secrets "{name}" not found', details={"name": name, "kind": "secrets"})
         return web.json_response(secret)
 
+    async def _token_request(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        account = self.state.get("serviceaccounts", ns, name)
+        if account is None:
+            return _status(404, "NotFound", f'serviceaccounts "{name}" not found',
+                           details={"name": name, "kind": "serviceaccounts"})
+        spec = dict((await request.json()).get("spec") or {})
+        expiration = int(spec.get("expirationSeconds") or 3600)
+        if expiration < 600:
+            return _status(422, "Invalid", "spec.expirationSeconds: may not specify a duration less than 10 minutes")
+        ref = spec.get("boundObjectRef")
+        bound = None
+        if ref:
+            if ref.get("kind") != "Pod":
+                return _status(400, "BadRequest", f"cannot bind token to object of kind {ref.get('kind')}")
+            pod = self.state.get("pods", ns, str(ref.get("name", "")))
+            if pod is None:
+                return _status(404, "NotFound", f'pods "{ref.get("name")}" not found')
+            if ref.get("uid") and ref["uid"] != pod["metadata"]["uid"]:
+                return _status(409, "Conflict", "the UID in the bound object reference does not match the pod")
+            bound = {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
+        audiences = list(spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"])
+        token, expires = self.sa_issuer.mint(namespace=ns, service_account=name,
+                                             service_account_uid=account["metadata"]["uid"], audiences=audiences,
+                                             expiration_seconds=expiration, pod=bound)
+        spec.update(audiences=audiences, expirationSeconds=expiration)
+        self.token_requests.append({"namespace": ns, "service_account": name, "spec": spec})
+        return web.json_response({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"name": name, "namespace": ns}, "spec": spec,
+                                  "status": {"token": token, "expirationTimestamp": rfc3339(expires)}}, status=201)
+
     async def _post_event(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         meta = body.setdefault("metadata", {})
@@ -245,6 +284,8 @@ def _status(code: int, reason: str, message: str, *, details: dict[str, Any] | N
 
 def _record_of(request: web.Request) -> RequestRecord:
     parts = [p for p in request.path.split("/") if p]
+    if request.method == "POST" and len(parts) >= 2 and parts[-3:-2] == ["serviceaccounts"] and parts[-1] == "token":
+        return RequestRecord(request.method, request.path, "serviceaccounts/token", "create", dict(request.query))
     resource = ""
     for part in reversed(parts):
         if part in RESOURCES:

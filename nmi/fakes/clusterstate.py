@@ -18,6 +18,7 @@ from typing import Any, Callable
 RESOURCES: dict[str, tuple[str, str]] = {
     "pods": ("Pod", "v1"),
     "secrets": ("Secret", "v1"),
+    "serviceaccounts": ("ServiceAccount", "v1"),
     "events": ("Event", "v1"),
     "azureidentities": ("AzureIdentity", "aadpodidentity.k8s.io/v1"),
     "azureidentitybindings": ("AzureIdentityBinding", "aadpodidentity.k8s.io/v1"),

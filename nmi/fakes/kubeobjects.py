@@ -128,3 +128,17 @@ def make_secret(name: str, namespace: str = "default", data: Mapping[str, bytes 
     }
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, namespace), "type": "Opaque",
             "data": encoded}
+
+
+def make_service_account(name: str, namespace: str = "default", *, client_id: str | None = None,
+                         tenant_id: str | None = None, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A ServiceAccount, with the azure.workload.identity annotations when client_id / tenant_id are given."""
+    notes = dict(annotations or {})
+    if client_id is not None:
+        notes["azure.workload.identity/client-id"] = client_id
+    if tenant_id is not None:
+        notes["azure.workload.identity/tenant-id"] = tenant_id
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if notes:
+        meta["annotations"] = notes
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}

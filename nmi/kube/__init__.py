@@ -4,12 +4,14 @@ from .client import KubeConfigError, build_api_client
 from .informer import Informer, WatchTarget
 from .watchstream import backoff_delay
 from .reads import KubeSecretReader, LivePodLookup
-from .watches import crd_target, node_informers, pods_target
+from .tokenrequests import KubeServiceAccountTokens
+from .watches import crd_target, node_informers, pods_target, service_accounts_target
 
 __all__ = [
     "Informer",
     "KubeConfigError",
     "KubeSecretReader",
+    "KubeServiceAccountTokens",
     "LivePodLookup",
     "WatchTarget",
     "backoff_delay",
@@ -17,4 +19,5 @@ __all__ = [
     "crd_target",
     "node_informers",
     "pods_target",
+    "service_accounts_target",
 ]

@@ -18,8 +18,11 @@ from ..model import (
     Binding,
     Identity,
     PodIdentityException,
+    WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION,
+    WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION,
     PodInfo,
     SecretRef,
+    ServiceAccount,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,10 @@ def project_exception(raw: Any) -> PodIdentityException | None:
     return _guard("AzurePodIdentityException", raw, _exception)
 
 
+def project_service_account(raw: Any) -> ServiceAccount | None:
+    return _guard("ServiceAccount", raw, _service_account)
+
+
 def _guard(kind: str, raw: Any, projector):
     try:
         return projector(raw)
@@ -94,6 +101,19 @@ def _pod(raw: Any) -> PodInfo:
         host_network=spec.get("hostNetwork") is True,
         service_account=_str(spec, "serviceAccountName") or "default",
         resource_version=_str(meta, "resourceVersion"),
+    )
+
+
+def _service_account(raw: Any) -> ServiceAccount:
+    meta = _mapping(raw, "metadata")
+    annotations = _labels(meta, "annotations")
+    return ServiceAccount(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        # Empty values count as absent, as the azwi webhook skips them.
+        client_id=annotations.get(WORKLOAD_IDENTITY_CLIENT_ID_ANNOTATION, "").strip(),
+        tenant_id=annotations.get(WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION, "").strip(),
+        uid=_str(meta, "uid"),
     )
 
 

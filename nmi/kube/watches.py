@@ -15,6 +15,7 @@ from .projection import (
     project_exception,
     project_identity,
     project_pod,
+    project_service_account,
 )
 
 GROUP = "aadpodidentity.k8s.io"
@@ -31,6 +32,15 @@ def pods_target(api_client: k8s_client.ApiClient, node: str) -> WatchTarget:
         list_call=k8s_client.CoreV1Api(api_client).list_pod_for_all_namespaces,
         project=project_pod,
         field_selector=f"spec.nodeName={node}",
+    )
+
+
+def service_accounts_target(api_client: k8s_client.ApiClient) -> WatchTarget:
+    """Every ServiceAccount (the workload identity bridge reads their azure.workload.identity annotations)."""
+    return WatchTarget(
+        resource="serviceaccounts",
+        list_call=k8s_client.CoreV1Api(api_client).list_service_account_for_all_namespaces,
+        project=project_service_account,
     )
 
 
@@ -60,11 +70,12 @@ def node_informers(
     identities: IdentityIndex,
     managed: bool,
     scale_features: bool = False,
+    workload_identity: bool = False,
     **informer_options: Any,
 ) -> list[Informer]:
     """The informers one mode needs: this node's pods, AzureIdentity, AzureIdentityBinding and
     AzurePodIdentityException always; AzureAssignedIdentity in standard mode, filtered by the `nodename`
-    label when scale features are on. `informer_options` go to every `Informer`.
+    label when scale features are on; ServiceAccounts with the workload identity bridge. `informer_options` go to every `Informer`.
 
     Unlike upstream, standard mode watches identities and bindings too: a pod no binding selects must fail
     at once rather than wait for an assignment MIC will never make (SPEC §2).
@@ -79,4 +90,7 @@ def node_informers(
         selector = f"nodename={node}" if scale_features else None
         target = crd_target(api_client, ASSIGNED_IDENTITIES, label_selector=selector)
         informers.append(Informer(target, identities.assigned_store, **informer_options))
+    if workload_identity:  # opt-in: without the flag nmi neither lists nor watches ServiceAccounts
+        informers.append(Informer(service_accounts_target(api_client), identities.service_account_store,
+                                  **informer_options))
     return informers

@@ -79,3 +79,20 @@ def test_version_prints_and_exits_0():
 def test_settings_is_frozen():
     with pytest.raises(Exception):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_workload_identity_bridge_is_off_by_default_and_its_flags_parse():
+    defaults = parse_args([])
+    assert defaults.workload_identity is False and defaults.workload_identity_tenant_id == ""
+    assert defaults.workload_identity_authority_host == "https://login.microsoftonline.com/"
+    on = parse_args(["--workload-identity", "--workload-identity-tenant-id=t-1",
+                     "-workload-identity-authority-host=https://login.microsoftonline.us"])
+    assert on.workload_identity is True and on.workload_identity_tenant_id == "t-1"
+    assert on.workload_identity_authority_host == "https://login.microsoftonline.us/"
+    assert parse_args(["--workload-identity=false"]).workload_identity is False
+
+
+@pytest.mark.parametrize("value", ["http://login.example/", "login.example", "https://", "https://h/?q=1"])
+def test_workload_identity_authority_host_must_be_an_https_url(value):
+    with pytest.raises(UsageError, match="--workload-identity-authority-host"):
+        parse_args([f"--workload-identity-authority-host={value}"])

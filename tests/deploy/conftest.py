@@ -10,7 +10,7 @@ from .kustomize_render import Manifest, render_kustomization
 REPO = Path(__file__).resolve().parents[2]
 DAEMONSET_DIR = REPO / "daemonset"
 OVERLAYS = ("managed", "standard")
-COMPONENTS = ("service-principal-secrets", "audit-events")
+COMPONENTS = ("service-principal-secrets", "audit-events", "workload-identity")
 
 
 def render_overlay(mode: str) -> list[Manifest]:

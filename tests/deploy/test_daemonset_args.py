@@ -63,6 +63,7 @@ def test_daemonset_args_are_accepted_by_nmis_parser(mode, with_components, tmp_p
     assert settings.metadata_header_required is True
     assert settings.kubelet_config == "/etc/default/kubelet"
     assert settings.audit_events is with_components
+    assert settings.workload_identity is with_components
 
 
 def test_a_misspelt_flag_in_the_args_would_be_refused():

@@ -1,6 +1,7 @@
 """RBAC grants nmi exactly what it reads in each mode: read-only, no wildcards; Secrets only with the
-service-principal-secrets component, and Events only with the audit-events component, which also turns
-the audit on."""
+service-principal-secrets component, Events only with the audit-events component, which also turns
+the audit on, and ServiceAccounts and their tokens only with the workload-identity component, which also turns
+the bridge on."""
 
 from __future__ import annotations
 
@@ -59,6 +60,16 @@ def test_events_are_granted_exactly_when_the_audit_is_on(mode, tmp_path: Path):
     assert _grants(with_audit) - _grants(without) == {("", "events", "create")}
     assert "--audit-events=true" in _args(with_audit)
     assert not any(arg.startswith("--audit-events=false") for arg in _args(with_audit))
+
+
+def test_service_account_tokens_are_granted_exactly_when_the_bridge_is_on(mode, tmp_path: Path):
+    without = render_overlay(mode)
+    with_bridge = render_kustomization(write_overlay_with_components(mode, tmp_path, ("workload-identity",)))
+    assert not any(resource.startswith("serviceaccounts") for _, resource, _ in _grants(without))
+    assert not any(arg.startswith("--workload-identity") for arg in _args(without))
+    assert _grants(with_bridge) - _grants(without) == {("", "serviceaccounts", "list"), ("", "serviceaccounts", "watch"),
+                                                       ("", "serviceaccounts/token", "create")}
+    assert _args(with_bridge) == _args(without) + ["--workload-identity=true"]
 
 
 def test_bindings_name_the_daemonsets_service_account():

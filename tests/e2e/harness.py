@@ -20,12 +20,7 @@ from typing import Any, Callable
 from nmi.demo.world import kubeconfig
 from nmi.fakes.apiserver import FakeApiServer
 from nmi.fakes.imds import FakeImds, VmIdentity
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nmi.fakes.ports import unused_ports
 
 
 class BackgroundFakes:
@@ -80,7 +75,7 @@ class NmiProcess:
     def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str],
                  env: dict[str, str] | None = None) -> None:
         self.env = env
-        self.port, self.probe_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.port, self.probe_port, self.metrics_port = unused_ports(3)
         config = tmp / "kubeconfig"
         config.write_text(kubeconfig(fakes.api.url))
         kubelet = tmp / "kubelet-defaults"

@@ -11,7 +11,7 @@ import pytest
 from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
 
-from tests.e2e.harness import BackgroundFakes, NmiProcess, free_port
+from tests.e2e.harness import BackgroundFakes, NmiProcess
 
 A = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa")
 
