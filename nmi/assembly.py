@@ -21,8 +21,8 @@ from .kube.events import KubeEventWriter
 from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
-from .logs import log_access
 from .errors import NmiError
+from .logs import log_access
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
@@ -50,11 +50,11 @@ class Parts:
 class TokenObserver(AccessObserver):
     """Per token request: the upstream metric, one access line, and the audit record on success."""
 
-    def __init__(self, metrics: Metrics, state: DaemonState, audit: AuditRecorder | None, catalog: IdentityIndex) -> None:
-        self._metrics, self._state, self._audit, self._catalog = metrics, state, audit, catalog
+    def __init__(self, metrics: Metrics, state: DaemonState, audit: AuditRecorder | None) -> None:
+        self._metrics, self._state, self._audit = metrics, state, audit
 
-    def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
-                      pod_key: str, seconds: float) -> None:
+    def token_request(self, *, route: str, method: str, status: int, remote: str, resource: str,
+                      outcome: Outcome | None, pod_key: str, seconds: float) -> None:
         pod = outcome.pod if outcome else None
         pod_key = pod.key if pod else pod_key
         self._metrics.observe_request(route=route, status=status, namespace=pod_key.partition("/")[0],
@@ -66,7 +66,7 @@ class TokenObserver(AccessObserver):
         identity = outcome.identity if outcome else None
         log_access(pod=pod_key, identity_client_id=identity.client_id if identity else "",
                    resource=resource, status=status, cache_hit=bool(outcome and outcome.grant.cached),
-                   seconds=seconds, method="GET", route=route, remote=remote)
+                   seconds=seconds, method=method, route=route, remote=remote)
         if self._audit is not None and outcome is not None and outcome.binding is not None and identity is not None:
             self._audit.record(outcome.binding.namespace, outcome.binding.name, outcome.pod.namespace,
                                outcome.pod.name, identity.name, resource)
@@ -153,7 +153,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
-                 observer=TokenObserver(metrics, state, audit, catalog),
+                 observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
                  root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)

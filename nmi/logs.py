@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 ACCESS_LOGGER = "nmi.access"
-_ACCESS_CALLER_FIELDS = ("resource", "remote")
+_ACCESS_CALLER_FIELDS = ("resource", "remote", "method")
 REDACTED = "[REDACTED]"
 # Libraries whose INFO/DEBUG output is noise at normal verbosity (and whose DEBUG may echo request bodies).
 NOISY_LIBRARIES = ("kubernetes", "urllib3", "msal", "aiohttp", "asyncio")

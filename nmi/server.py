@@ -60,8 +60,8 @@ class TokenServerConfig:
 class AccessObserver:
     """Hooks the server calls after each token request; the daemon plugs metrics, logs and audit in here."""
 
-    def token_request(self, *, route: str, status: int, remote: str, resource: str, outcome: Outcome | None,
-                      pod_key: str, seconds: float) -> None:
+    def token_request(self, *, route: str, method: str, status: int, remote: str, resource: str,
+                      outcome: Outcome | None, pod_key: str, seconds: float) -> None:
         """Called once per token-route or host-token request, whatever the status. `pod_key` names the caller
         when it was identified but the request failed afterwards."""
 
@@ -130,7 +130,8 @@ async def observed(request: web.Request, route: Route,
         response = error_response(NmiError("Internal error; see the nmi log"))
     if not resource:
         resource = request.query.get("resource", "")
-    request.app[OBSERVER].token_request(route=route.value, status=response.status, remote=caller_ip(request),
+    request.app[OBSERVER].token_request(route=route.value, method=request.method[:16], status=response.status,
+                                        remote=caller_ip(request),
                                         resource=resource, outcome=outcome, pod_key=pod_key,
                                         seconds=time.perf_counter() - started)
     return response
