@@ -110,13 +110,10 @@ async def test_standard_mode_answers_as_soon_as_the_informer_sees_the_identity_a
     catalog.put_assignment(assignment(app, catalog.ids[0], "Created"))
     await asyncio.sleep(0.01)
     assert not task.done()
-    loop = asyncio.get_running_loop()
-    before = loop.time()
     catalog.put_assignment(assignment(app, catalog.ids[0], "Assigned"))
-    outcome = await asyncio.wait_for(task, 1)
+    outcome = await asyncio.wait_for(task, 10)  # a poll would come after the 80 s budget's interval
     assert outcome.identity.name == "id-a"
-    assert loop.time() - before < 1  # woken by the change, not by a poll interval
-    assert catalog.waits == 2
+    assert catalog.waits == 2  # one wait per change: woken by the changes, never by a timer
 
 
 async def test_standard_mode_gives_up_after_the_created_budget_with_404():
