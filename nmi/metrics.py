@@ -13,19 +13,17 @@ caller cannot grow the exposition by sending junk.
 
 from __future__ import annotations
 
-import bisect
 import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OTHER = "other"
+from .exposition import CONTENT_TYPE, MAX_SERIES_PER_FAMILY, OTHER, Family, SeriesStore, go_float, render_text
+
+__all__ = ["CONTENT_TYPE", "MAX_SERIES_PER_FAMILY", "OTHER", "Metrics", "fold_resource", "fold_route", "go_float"]
 
 # Upstream operation_type values for the IMDS/AAD series (pkg/auth/auth.go).
 IMDS_SYSTEM_ASSIGNED = "adal_token_msi"
@@ -42,7 +40,6 @@ NMI_BUCKETS = (0.5, 1, 2, 3, 4, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 1
 IMDS_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 10)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-MAX_SERIES_PER_FAMILY = 2000
 
 # Canonical spellings of the resources (audiences) pods commonly ask for, across the public and sovereign
 # clouds. Anything else is folded to "other": the `resource` query value is chosen by the caller.
@@ -118,108 +115,28 @@ class BoundedValues:
         return value
 
 
-@dataclass
-class _Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(init=False)  # per bucket, not cumulative; the last one is +Inf
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.buckets) + 1)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-
-@dataclass
-class _Family:
-    name: str
-    help: str
-    type: str  # counter | gauge | histogram
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = ()
-    series: dict[tuple[str, ...], float | _Histogram] = field(default_factory=dict)
-
-    def key(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        if values in self.series or len(self.series) < MAX_SERIES_PER_FAMILY:
-            return values
-        return tuple(OTHER for _ in values)
-
-    def to_metric(self) -> Metric:
-        metric = Metric(self.name, self.help, self.type)
-        for values, value in sorted(self.series.items()):
-            labels = dict(zip(self.labels, values))
-            if isinstance(value, _Histogram):
-                cumulative = 0
-                for bound, count in zip((*self.buckets, float("inf")), value.counts):
-                    cumulative += count
-                    metric.add_sample(f"{self.name}_bucket", {**labels, "le": go_float(bound)}, cumulative)
-                metric.add_sample(f"{self.name}_sum", labels, value.total)
-                metric.add_sample(f"{self.name}_count", labels, value.count)
-            else:
-                metric.add_sample(self.name, labels, value)
-        return metric
-
-
-class _Store:
-    """All series behind one lock (observations come from the event loop and from adapter threads); also the
-    registry's collector."""
-
-    def __init__(self, families: list[_Family]) -> None:
-        self.families = {f.name: f for f in families}
-        self._lock = threading.Lock()
-
-    def add(self, name: str, values: tuple[str, ...] = (), amount: float = 1.0) -> None:
-        family = self.families[name]
-        with self._lock:
-            key = family.key(values)
-            family.series[key] = family.series.get(key, 0.0) + amount
-
-    def set(self, name: str, values: tuple[str, ...], value: float) -> None:
-        family = self.families[name]
-        with self._lock:
-            family.series[family.key(values)] = value
-
-    def observe(self, name: str, values: tuple[str, ...], value: float) -> None:
-        family = self.families[name]
-        with self._lock:
-            key = family.key(values)
-            histogram = family.series.get(key)
-            if histogram is None:
-                histogram = family.series[key] = _Histogram(family.buckets)
-            histogram.observe(value)
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            metrics = [f.to_metric() for f in self.families.values() if f.series]
-        yield from metrics
-
-
-def _families() -> list[_Family]:
+def _families() -> list[Family]:
     return [
-        _Family("aadpodidentity_nmi_operations_duration_seconds", "Duration in seconds for nmi operations",
+        Family("aadpodidentity_nmi_operations_duration_seconds", "Duration in seconds for nmi operations",
                 "histogram", ("operation_type", "status_code", "namespace", "resource"), NMI_BUCKETS),
-        _Family("aadpodidentity_imds_operations_duration_seconds", "Duration in seconds of imds token operations",
+        Family("aadpodidentity_imds_operations_duration_seconds", "Duration in seconds of imds token operations",
                 "histogram", ("operation_type",), IMDS_BUCKETS),
-        _Family("aadpodidentity_imds_operations_errors_count", "Total number of errors in imds token operations",
+        Family("aadpodidentity_imds_operations_errors_count", "Total number of errors in imds token operations",
                 "counter", ("operation_type",)),
-        _Family("aadpodidentity_kubernetes_api_operations_errors_count",
+        Family("aadpodidentity_kubernetes_api_operations_errors_count",
                 "Total number of errors in kubernetes api operations", "counter", ("operation_type",)),
-        _Family("nmi_token_cache_lookups_total", "Token cache lookups by result (hit or miss)", "counter", ("result",)),
-        _Family("nmi_upstream_requests_in_flight", "Token requests to IMDS or Azure AD in progress", "gauge",
+        Family("nmi_token_cache_lookups_total", "Token cache lookups by result (hit or miss)", "counter", ("result",)),
+        Family("nmi_upstream_requests_in_flight", "Token requests to IMDS or Azure AD in progress", "gauge",
                 ("source",)),
-        _Family("nmi_upstream_request_duration_seconds", "Duration in seconds of token requests to IMDS or Azure AD",
+        Family("nmi_upstream_request_duration_seconds", "Duration in seconds of token requests to IMDS or Azure AD",
                 "histogram", ("source", "outcome"), UPSTREAM_BUCKETS),
-        _Family("nmi_pods_indexed", "Pods on this node held in the pod index", "gauge"),
-        _Family("nmi_watch_restarts_total", "Kubernetes watches restarted", "counter", ("resource", "reason")),
-        _Family("nmi_watch_relists_total", "Kubernetes watches that had to list again", "counter",
+        Family("nmi_pods_indexed", "Pods on this node held in the pod index", "gauge"),
+        Family("nmi_watch_restarts_total", "Kubernetes watches restarted", "counter", ("resource", "reason")),
+        Family("nmi_watch_relists_total", "Kubernetes watches that had to list again", "counter",
                 ("resource", "reason")),
-        _Family("nmi_iptables_repairs_total", "Repairs of the aad-metadata chain", "counter", ("reason",)),
-        _Family("nmi_requests_not_ready_total", "Token requests answered while nmi was not ready", "counter"),
-        _Family("nmi_audit_events_dropped_total", "Token issuance audit Events not written", "counter", ("reason",)),
+        Family("nmi_iptables_repairs_total", "Repairs of the aad-metadata chain", "counter", ("reason",)),
+        Family("nmi_requests_not_ready_total", "Token requests answered while nmi was not ready", "counter"),
+        Family("nmi_audit_events_dropped_total", "Token issuance audit Events not written", "counter", ("reason",)),
     ]
 
 
@@ -228,7 +145,7 @@ class Metrics:
 
     def __init__(self, *, clock: Callable[[], float] = time.perf_counter, max_namespaces: int = 500) -> None:
         self._clock = clock
-        self._store = _Store(_families())
+        self._store = SeriesStore(_families())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._store)
         self._namespaces = BoundedValues(max_namespaces, pattern=_NAMESPACE, allow_empty=True)
@@ -318,39 +235,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition (format 0.0.4) of the registry and its content type, for `/metrics`."""
         return render_text(self.registry), CONTENT_TYPE
-
-
-def go_float(value: float) -> str:
-    """Numbers as Go's exporter wrote them (`1`, not `1.0`): `le` label values must match upstream's exactly,
-    or queries such as `..._bucket{le="1"}` in existing dashboards would match nothing."""
-    if value != value:
-        return "NaN"
-    if value == float("inf"):
-        return "+Inf"
-    if value == float("-inf"):
-        return "-Inf"
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def render_text(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text format, with metadata named after the samples as written (no forced `_total`)."""
-    lines: list[str] = []
-    for metric in registry.collect():
-        samples = [s for s in metric.samples if not s.name.endswith("_created")]
-        if not samples:
-            continue
-        name = samples[0].name if metric.type == "counter" else metric.name
-        mtype = metric.type if metric.type in ("counter", "gauge", "histogram", "summary") else "untyped"
-        documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        lines.append(f"# HELP {name} {documentation}\n")
-        lines.append(f"# TYPE {name} {mtype}\n")
-        for sample in samples:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-            lines.append(f"{sample.name}{{{labels}}} {go_float(sample.value)}\n" if labels
-                         else f"{sample.name} {go_float(sample.value)}\n")
-    return "".join(lines).encode("utf-8")
