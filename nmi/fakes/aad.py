@@ -146,12 +146,9 @@ class FakeAad:
         self.token_requests += 1
         if self._faults:
             fault = self._faults.popleft()
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.status:
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                body = fault.body or {"error": "temporarily_unavailable", "error_description": f"fake AAD {fault.status}"}
-                return web.json_response(body, status=fault.status, headers=headers)
+            answer = await fault.play(error="temporarily_unavailable", description=f"fake AAD {fault.status}")
+            if answer is not None:
+                return answer
         tenant = request.match_info["tenant"]
         form = await request.post()
         if tenant not in self.apps:

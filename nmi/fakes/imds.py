@@ -40,6 +40,16 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
 
+    async def play(self, *, error: str, description: str) -> web.Response | None:
+        """Wait the delay, then the programmed answer (None: a delay only, answer normally)."""
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if not self.status:
+            return None
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        body = self.body or {"error": error, "error_description": description}
+        return web.json_response(body, status=self.status, headers=headers)
+
 
 def _error(status: int, error: str, description: str) -> web.Response:
     return web.json_response({"error": error, "error_description": description}, status=status)
@@ -97,12 +107,9 @@ class FakeImds:
     async def _answer_token(self, request: web.Request) -> web.StreamResponse:
         if self._faults:
             fault = self._faults.popleft()
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.status:
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                body = fault.body or {"error": "unknown", "error_description": f"fake IMDS fault {fault.status}"}
-                return web.json_response(body, status=fault.status, headers=headers)
+            answer = await fault.play(error="unknown", description=f"fake IMDS fault {fault.status}")
+            if answer is not None:
+                return answer
         if self.response_delay:
             await asyncio.sleep(self.response_delay)
         if request.headers.get("Metadata") != "true":
