@@ -7,7 +7,6 @@ exp), for RS256, PS256 and ES256. Faults can be programmed; calls are counted. S
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import json

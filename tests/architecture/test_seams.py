@@ -13,3 +13,10 @@ def test_import_contracts_are_kept():
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "6 kept, 0 broken" in done.stdout
+
+
+def test_no_unused_imports_or_undefined_names():
+    ruff = Path(sys.executable).with_name("ruff")
+    done = subprocess.run([str(ruff), "check", "--no-cache", "--select", "F", "nmi", "iptables", "tests", "bench"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]

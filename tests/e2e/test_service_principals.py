@@ -3,7 +3,6 @@ a test CA (trusted through REQUESTS_CA_BUNDLE, as in a cluster), auxiliary tenan
 
 import base64
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import (make_assigned_identity, make_binding, make_exception, make_identity,
                                    make_pod)
 

@@ -23,9 +23,3 @@ def ipt(ns: Namespace, mode: str, *args: str) -> None:
     """Tamper the way an operator would: with the iptables command of that backend."""
     ns.run(f"iptables-{mode}", "-w", "-t", "nat", *args)
 
-
-def curl_argv(url: str, *, headers: Sequence[str] = ("Metadata: true",), max_time: float = 5) -> list[str]:
-    argv = ["curl", "-sS", "--noproxy", "*", "--max-time", str(max_time), "-w", "\n%{http_code}"]
-    for header in headers:
-        argv += ["-H", header]
-    return argv + [url]
