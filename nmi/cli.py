@@ -161,12 +161,15 @@ def _typed(parse, flag: str):
 def _build_parser() -> _Parser:
     p = _Parser(prog="nmi", description="Node-level Azure token broker (drop-in for aad-pod-identity NMI)", allow_abbrev=False)
 
+    metavars = {parse_port: "PORT", parse_ip: "IP", parse_positive: "N", parse_non_negative: "N"}
+
     def flag(name: str, dest: str, parse, default, help_: str) -> None:
-        p.add_argument(f"--{name}", dest=dest, type=_typed(parse, f"--{name}"), default=default, help=help_)
+        p.add_argument(f"--{name}", dest=dest, type=_typed(parse, f"--{name}"), default=default,
+                       metavar=metavars.get(parse, "VALUE"), help=f"{help_} (default {default!r})")
 
     def switch(name: str, dest: str, default: bool, help_: str) -> None:
         p.add_argument(f"--{name}", dest=dest, nargs="?", const=True, type=_typed(parse_bool, f"--{name}"),
-                       default=default, help=f"{help_} (default {str(default).lower()})")
+                       metavar="true|false", default=default, help=f"{help_} (default {str(default).lower()})")
 
     flag("node", "node", str, "", "name of this node (pods are watched with spec.nodeName=<node>)")
     flag("nmi-listen-address", "listen_address", parse_ip, "127.0.0.1", "address the token server binds")
