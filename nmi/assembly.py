@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Coroutine
 
+from . import __version__
 from .audit import AuditRecorder
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
@@ -104,6 +105,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     except KubeConfigError as exc:
         raise StartupError(f"--kubeconfig: {exc}") from exc
     stack.callback(api_client.close)
+    api_client.user_agent = " ".join(filter(None, (f"nmi/{__version__}", settings.custom_user_agent)))
     metrics = Metrics()
 
     live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error(KUBE_GET_POD_LIST))

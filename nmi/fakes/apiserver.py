@@ -47,6 +47,7 @@ class RequestRecord:
     resource: str  # plural, "" if unknown
     verb: str  # list, watch, get, create, other
     query: Mapping[str, str]
+    user_agent: str = ""
 
 
 @dataclass
@@ -285,7 +286,8 @@ def _status(code: int, reason: str, message: str, *, details: dict[str, Any] | N
 def _record_of(request: web.Request) -> RequestRecord:
     parts = [p for p in request.path.split("/") if p]
     if request.method == "POST" and len(parts) >= 2 and parts[-3:-2] == ["serviceaccounts"] and parts[-1] == "token":
-        return RequestRecord(request.method, request.path, "serviceaccounts/token", "create", dict(request.query))
+        return RequestRecord(request.method, request.path, "serviceaccounts/token", "create", dict(request.query),
+                         request.headers.get("User-Agent", ""))
     resource = ""
     for part in reversed(parts):
         if part in RESOURCES:
@@ -299,4 +301,5 @@ def _record_of(request: web.Request) -> RequestRecord:
         verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
     else:
         verb = "other"
-    return RequestRecord(request.method, request.path, resource, verb, dict(request.query))
+    return RequestRecord(request.method, request.path, resource, verb, dict(request.query),
+                         request.headers.get("User-Agent", ""))

@@ -116,3 +116,14 @@ def test_sigterm_drains_in_flight_requests_and_turns_not_ready(fakes, tmp_path):
     finally:
         fakes.call(lambda: setattr(fakes.imds, "response_delay", 0.0))
         nmi.stop()
+
+
+def test_custom_user_agent_is_appended_to_the_kubernetes_client_user_agent(fakes, tmp_path):
+    nmi = NmiProcess(tmp_path, fakes, node="life-node",
+                     extra=["--operation-mode=managed", "--forceNamespaced", "--custom-user-agent=cluster-a/ops"])
+    nmi.start()
+    try:
+        agents = fakes.call(lambda: {r.user_agent for r in fakes.api.requests_for("pods")})
+        assert agents and all(a.startswith("nmi/") and a.endswith(" cluster-a/ops") for a in agents)
+    finally:
+        assert nmi.stop() == 0
