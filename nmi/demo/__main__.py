@@ -72,7 +72,7 @@ def run_in_namespaces(tmp: Path) -> int:
             node_run=node.run,
             pod_runs={p.name: topo.pods[i].ns.run for i, p in enumerate(world.pods_for(ips))},
             imds_url="http://169.254.169.254", probe_url="http://127.0.0.1:8085", metrics_url="http://127.0.0.1:9090",
-            env={}, with_msrestazure=True, log_path=log_path)
+            env={}, over_dnat=True, log_path=log_path)
         ok = scenario.play(nmi)
         return 0 if ok else 1
 
@@ -113,7 +113,7 @@ def run_on_loopback(tmp: Path) -> int:
             imds_url=f"http://127.0.0.1:{token_port}", probe_url=f"http://127.0.0.1:{probe_port}",
             metrics_url=f"http://127.0.0.1:{metrics_port}",
             env={"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{token_port}"},
-            with_msrestazure=False, log_path=log_path)
+            over_dnat=False, log_path=log_path)
         return 0 if scenario.play(nmi) else 1
 
 

@@ -127,3 +127,11 @@ def test_custom_user_agent_is_appended_to_the_kubernetes_client_user_agent(fakes
         assert agents and all(a.startswith("nmi/") and a.endswith(" cluster-a/ops") for a in agents)
     finally:
         assert nmi.stop() == 0
+
+
+def test_the_readme_demo_on_loopback_passes_where_namespaces_are_not_available():
+    import os
+    done = subprocess.run([sys.executable, "-m", "nmi.demo"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NMI_DEMO_LOOPBACK": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "running on loopback" in done.stdout and "all steps passed" in done.stdout
