@@ -255,7 +255,7 @@ class PodIndex:
         self._by_key[pod.key] = pod
         if pod.uid:
             self._by_uid[pod.uid] = pod
-        if pod.ip and pod.live:
+        if pod.ip and pod.owns_ip:
             self._by_ip.setdefault(pod.ip, {})[pod.key] = pod
             self._misses.pop(pod.ip, None)
 

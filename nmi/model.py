@@ -52,8 +52,14 @@ class PodInfo:
 
     @property
     def live(self) -> bool:
-        """Pending or Running and not being deleted: the only pods that may own an IP."""
+        """Pending or Running and not being deleted."""
         return self.phase in ("Pending", "Running") and not self.deleting
+
+    @property
+    def owns_ip(self) -> bool:
+        """The only pods a caller's address may identify: live, with an address of their own. Host-network pods
+        share the node's address with every process on the node, so a call from it names no pod."""
+        return self.live and not self.host_network
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,3 +228,16 @@ async def test_wait_changed_wakes_on_a_change_and_times_out_without_one():
     index.assigned_store.replace([])
     assert await waiter is True
     assert changes == [1]
+
+
+async def test_host_network_pods_are_never_identified_by_the_node_address_they_share():
+    from nmi.cache import PodIndex
+    from nmi.errors import PodNotFound
+    from nmi.model import PodInfo
+
+    index = PodIndex()
+    index.upsert(PodInfo("kube-system", "kube-proxy-x", "u1", "10.240.0.4", host_network=True,
+                         labels={"aadpodidbinding": "node-admin"}))
+    with pytest.raises(PodNotFound):
+        await index.pod_for_ip("10.240.0.4")
+    assert index.pod_by_name("kube-system", "kube-proxy-x") is not None  # still known by name (/host/token)
