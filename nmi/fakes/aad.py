@@ -30,6 +30,7 @@ from .fake_jwt import b64url, b64url_decode, unsigned_jwt
 from .imds import Fault
 from .pki import CertificateAuthority
 from .sa_issuer import verified_claims
+from .serving import FakeSite
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
@@ -69,7 +70,7 @@ class FakeAad:
         self.client_auth: list[str] = []  # per token request: "secret" or "assertion:<alg>" (never the secret)
         self.assertion_headers: list[list[str]] = []  # header names of each client assertion that matched a key
         self.federated_assertions: list[dict[str, Any]] = []  # claims of every accepted federated assertion
-        self._runner: web.AppRunner | None = None
+        self._site = FakeSite()
         self.port = 0
 
     @property
@@ -108,16 +109,10 @@ class FakeAad:
         app = web.Application()
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._server_tls())
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        _, self.port = await self._site.serve(app, host, port, ssl_context=self._server_tls())
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._site.stop()
 
     def _server_tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

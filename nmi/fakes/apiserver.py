@@ -23,7 +23,14 @@ from typing import Any, Mapping
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from .clusterstate import PLURAL_OF_KIND, RESOURCES, ClusterState, TooOld, Watcher, selector_matcher
+from .clusterstate import (
+    PLURAL_OF_KIND,
+    RESOURCES,
+    ClusterState,
+    TooOld,
+    Watcher,
+    selector_matcher,
+)
 from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_assigned_identity,
     make_binding,
@@ -34,6 +41,7 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_service_account,
 )
 from .sa_issuer import ServiceAccountIssuer, rfc3339
+from .serving import FakeSite
 
 log = logging.getLogger(__name__)
 CRD_PREFIX = "/apis/aadpodidentity.k8s.io/v1"
@@ -70,7 +78,7 @@ class FakeApiServer:
         self.sa_issuer = ServiceAccountIssuer()
         self.token_requests: list[dict[str, Any]] = []  # (namespace, service_account, spec) of each one granted
         self._faults: list[_Fault] = []
-        self._runner: web.AppRunner | None = None
+        self._site = FakeSite(shutdown_timeout=1.0)
         self.url = ""
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -86,19 +94,13 @@ class FakeApiServer:
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._post_event)
         app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
         app.router.add_get(CRD_PREFIX + "/{plural}", self._collection)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()  # port 0: learn the real one
-        self.url = f"http://{bound[0]}:{bound[1]}"
+        bound_host, bound_port = await self._site.serve(app, host, port)
+        self.url = f"http://{bound_host}:{bound_port}"
         return self.url
 
     async def stop(self) -> None:
         self.close_watches()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._site.stop()
 
     # -- test controls -------------------------------------------------------------------------------
 

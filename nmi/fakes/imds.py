@@ -17,6 +17,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from .fake_jwt import unsigned_jwt
+from .serving import FakeSite
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"
 
@@ -68,7 +69,7 @@ class FakeImds:
         self.request_times: list[float] = []  # clock() at arrival of each token request
         self.in_flight = 0
         self.max_in_flight = 0
-        self._runner: web.AppRunner | None = None
+        self._site = FakeSite()
         self.port = 0
 
     @property
@@ -83,16 +84,10 @@ class FakeImds:
         app.router.add_get(TOKEN_PATH, self._token)
         app.router.add_get("/metadata/instance", self._instance)
         app.router.add_route("*", "/{tail:.*}", self._echo)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        _, self.port = await self._site.serve(app, host, port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._site.stop()
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..cache import Store
 from .projection import object_key
-from .watchstream import Expired, WatchFailed, backoff_delay, describe_failure, ndjson_lines
+from .watchstream import Expired, WatchFailed, backoff_delay, describe_failure, json_body, ndjson_lines
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,7 @@ class Informer:
         response = self.target.list_call(
             **self._selectors(), _preload_content=False, _request_timeout=self._list_timeout
         )
-        try:
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
+        body = json_body(response)
         items = body.get("items") or []
         projected = [item for item in map(self.target.project, items) if item is not None]
         rv = str((body.get("metadata") or {}).get("resourceVersion") or "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
@@ -20,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from ..errors import IdentityConfigurationError, Unavailable
 from ..model import PodInfo
 from .projection import project_pod
+from .watchstream import json_body
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class LivePodLookup(ApiReader):
             response = self.core.list_pod_for_all_namespaces(
                 field_selector=selector, _preload_content=False, _request_timeout=self.timeout
             )
-            try:
-                return json.loads(response.data)
-            finally:
-                response.release_conn()
+            return json_body(response)
 
         try:
             body = await self._call(fetch, timeout=self.timeout)
@@ -93,10 +90,7 @@ class KubeSecretReader(ApiReader):
             response = self.core.read_namespaced_secret(
                 name, namespace, _preload_content=False, _request_timeout=self.timeout
             )
-            try:
-                return json.loads(response.data)
-            finally:
-                response.release_conn()
+            return json_body(response)
 
         where = f"Secret {namespace}/{name}"
         try:

@@ -7,7 +7,6 @@ goes). Foreign failures become `nmi.errors` types here; the token itself is neve
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from ..errors import IdentityConfigurationError, Unavailable
 from ..model import ServiceAccountToken
 from .reads import ApiReader
+from .watchstream import json_body
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,7 @@ class KubeServiceAccountTokens(ApiReader):
         def create() -> Any:
             response = self.core.create_namespaced_service_account_token(
                 service_account, namespace, body, _preload_content=False, _request_timeout=self.timeout)
-            try:
-                return json.loads(response.data)
-            finally:
-                response.release_conn()
+            return json_body(response)
 
         where = f"ServiceAccount {namespace}/{service_account}"
         try:

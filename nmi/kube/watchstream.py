@@ -1,7 +1,9 @@
-"""The wire-level pieces of a watch: ndjson framing, failure descriptions, and the retry backoff."""
+"""The wire-level pieces of API calls and watches: raw JSON bodies, ndjson framing, failure descriptions and the
+retry backoff."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any, Callable, Iterator
 
@@ -20,6 +22,14 @@ def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 30.0, rand: 
     """Exponential backoff with jitter: between half and all of min(cap, base * 2**(failures-1))."""
     ceiling = min(cap, base * 2 ** max(0, failures - 1))
     return ceiling * (0.5 + rand() / 2)
+
+
+def json_body(response: Any) -> Any:
+    """The parsed body of a `_preload_content=False` response (no model built), its connection back in the pool."""
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
 
 
 def ndjson_lines(response: Any) -> Iterator[bytes]:

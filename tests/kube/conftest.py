@@ -9,30 +9,11 @@ from typing import AsyncIterator, Callable
 
 import pytest
 
-from nmi.fakes.apiserver import FakeApiServer
-from nmi.kube import Informer, build_api_client
+from nmi.kube import Informer
+from tests.conftest import TOKEN
 
-TOKEN = "test-bearer-token"
 NODE = "node-1"
-
-
-@pytest.fixture
-async def apiserver() -> AsyncIterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=None, token=TOKEN)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-def api_client(apiserver: FakeApiServer):
-    client = build_api_client(host=apiserver.url, token=TOKEN)
-    try:
-        yield client
-    finally:
-        client.close()
+__all__ = ["TOKEN", "NODE"]
 
 
 class RecordingSleep:

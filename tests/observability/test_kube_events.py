@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 import pytest
 
 from nmi.audit import AuditRecorder, EventWriteFailed, IssuanceKey
-from nmi.fakes.apiserver import FakeApiServer
 from nmi.kube import build_api_client
 from nmi.kube.events import KubeEventWriter
 
@@ -16,24 +15,12 @@ T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
 @pytest.fixture
-async def apiserver():
-    server = FakeApiServer(bookmark_interval=None, token="test-token")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def writer(apiserver):
-    api_client = build_api_client(host=apiserver.url, token="test-token")
+async def writer(api_client):
     writer = KubeEventWriter(api_client, request_timeout=5)
     try:
         yield writer
     finally:
         writer.close()
-        api_client.close()
 
 
 def one_event(audit: AuditRecorder) -> dict:
