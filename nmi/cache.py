@@ -39,23 +39,36 @@ class ObjectStore(Generic[T]):
         self._on_change = on_change
         self._by_key: dict[tuple[str, str], T] = {}
         self._groups: dict[Hashable, dict[tuple[str, str], T]] = {}
+        # Sorted views, built on first read after a change (requests read far more often than watches write).
+        # Readers get a fresh list each time, so the cached order cannot be changed through them.
+        self._sorted_all: list[T] | None = None
+        self._sorted_groups: dict[Hashable, list[T]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
 
     def all(self) -> list[T]:
-        return [self._by_key[key] for key in sorted(self._by_key)]
+        if self._sorted_all is None:
+            self._sorted_all = [self._by_key[key] for key in sorted(self._by_key)]
+        return list(self._sorted_all)
 
     def get(self, namespace: str, name: str) -> T | None:
         return self._by_key.get((namespace, name))
 
     def group(self, group: Hashable) -> list[T]:
-        members = self._groups.get(group, {})
-        return [members[key] for key in sorted(members)]
+        members = self._sorted_groups.get(group)
+        if members is None:
+            found = self._groups.get(group, {})
+            members = [found[key] for key in sorted(found)]
+            if found:  # nothing is remembered for groups that do not exist
+                self._sorted_groups[group] = members
+        return list(members)
 
     def replace(self, items: Iterable[T]) -> None:
         self._by_key.clear()
         self._groups.clear()
+        self._sorted_all = None
+        self._sorted_groups.clear()
         for item in items:
             self._insert(item)
         self._changed()
@@ -71,14 +84,19 @@ class ObjectStore(Generic[T]):
 
     def _insert(self, item: T) -> None:
         key = (item.namespace, item.name)
+        group = self._group_of(item)
         self._by_key[key] = item
-        self._groups.setdefault(self._group_of(item), {})[key] = item
+        self._groups.setdefault(group, {})[key] = item
+        self._sorted_all = None
+        self._sorted_groups.pop(group, None)
 
     def _remove(self, key: tuple[str, str]) -> bool:
         old = self._by_key.pop(key, None)
         if old is None:
             return False
         group = self._group_of(old)
+        self._sorted_all = None
+        self._sorted_groups.pop(group, None)
         members = self._groups.get(group, {})
         members.pop(key, None)
         if not members:
@@ -180,7 +198,11 @@ class PodIndex:
         return self._by_uid.get(uid)
 
     def live_pods_with_ip(self, ip: str) -> list[PodInfo]:
-        owners = self._by_ip.get(ip, {})
+        owners = self._by_ip.get(ip)
+        if not owners:
+            return []
+        if len(owners) == 1:  # the usual case: nothing to sort
+            return list(owners.values())
         return [owners[key] for key in sorted(owners)]
 
     async def pod_for_ip(self, ip: str) -> PodInfo:

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -42,11 +43,20 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 _MAX_DEPTH = 4
 
 
+_redacted_ids: dict[str, str] = {}  # client IDs repeat on every request: redact each once (bounded)
+
+
 def redact_client_id(client_id: str) -> str:
     """Upstream's RedactClientID: first and last 4 non-space characters kept, the middle replaced;
     shorter strings are returned unchanged. `aabc0000-…-2c0a66b0c1f9` -> `aabc##### REDACTED #####c1f9`."""
-    match = _CLIENT_ID.fullmatch(client_id)
-    return f"{match.group(1)}##### REDACTED #####{match.group(2)}" if match else client_id
+    redacted = _redacted_ids.get(client_id)
+    if redacted is None:
+        match = _CLIENT_ID.fullmatch(client_id)
+        redacted = f"{match.group(1)}##### REDACTED #####{match.group(2)}" if match else client_id
+        if len(_redacted_ids) >= 1024:
+            _redacted_ids.clear()
+        _redacted_ids[client_id] = redacted
+    return redacted
 
 
 def _redact_assignment(match: re.Match[str]) -> str:
@@ -123,17 +133,53 @@ class SecretScrubber(logging.Filter):
         return True
 
 
+_last_second: list[Any] = [None, ""]  # (whole second, its formatted prefix): one datetime per second, not per line
+
+
 def _timestamp(created: float) -> str:
-    return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-01-02T03:04:05.678Z` (milliseconds truncated, as isoformat does)."""
+    second = int(created)
+    if _last_second[0] != second:
+        _last_second[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second[0] = second
+    return f"{_last_second[1]}.{min(999, int((created - second) * 1000)):03d}Z"
+
+
+_NEEDS_QUOTING = re.compile(r'[\s"=\\]')
+
+
+_escaped_texts: dict[str, str] = {}  # access lines repeat the same values: escape each once (bounded)
 
 
 def _text_value(value: Any) -> str:
+    if type(value) is str and len(value) <= 256:
+        escaped = _escaped_texts.get(value)
+        if escaped is None:
+            escaped = _escape_text_value(value)
+            if len(_escaped_texts) >= 4096:
+                _escaped_texts.clear()
+            _escaped_texts[value] = escaped
+        return escaped
+    return _escape_text_value(value)
+
+
+def _escape_text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-    if text == "" or re.search(r'[\s"=\\]', text):
+    if text == "" or _NEEDS_QUOTING.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+def _text_fields(extras: dict[str, Any]) -> str:
+    """` key=value` for every extra, each value escaped by `_text_value` (the one escaping rule of text lines)."""
+    return "".join(f" {k}={_text_value(v)}" for k, v in extras.items())
+
+
+def _json_line(entry: dict[str, Any]) -> str:
+    """One JSON log line (the one encoding rule of JSON lines)."""
+    return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
@@ -141,7 +187,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
-        fields = "".join(f" {k}={_text_value(v)}" for k, v in record_extras(record).items())
+        fields = _text_fields(record_extras(record))
         line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {message}{fields}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -166,11 +212,24 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _json_line(entry)
 
 
 class _NmiHandler(logging.StreamHandler):
-    """Marks the handler `setup_logging` installed, so a second call replaces it instead of doubling lines."""
+    """Marks the handler `setup_logging` installed, so a second call replaces it instead of doubling lines.
+    Access lines still waiting in its `access` writer go out first, so the stream keeps the order of events."""
+
+    access: Any = None  # nmi.access_log.AccessWriter, once setup_logging installed the handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.access is not None and self.access.pending and self.access.owner == threading.get_ident():
+            self.access.flush()
+        super().emit(record)
+
+    def flush(self) -> None:
+        if self.access is not None and self.access.owner == threading.get_ident():
+            self.access.flush()
+        super().flush()
 
 
 def setup_logging(*, log_format: str = "text", verbosity: int = 0, stream: TextIO | None = None) -> logging.Handler:
@@ -186,8 +245,13 @@ def setup_logging(*, log_format: str = "text", verbosity: int = 0, stream: TextI
     handler.addFilter(SecretScrubber())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _NmiHandler)]:
+        if old.access is not None:
+            old.access.flush()
         root.removeHandler(old)
     root.addHandler(handler)
+    from .access_log import AccessWriter
+
+    handler.access = AccessWriter(handler, json_lines=log_format == "json")
     root.setLevel(logging.DEBUG if verbosity >= VERBOSITY_DEBUG else logging.INFO)
     library_level = logging.DEBUG if verbosity >= VERBOSITY_LIBRARY_DEBUG else logging.WARNING
     for name in NOISY_LIBRARIES:
@@ -195,18 +259,10 @@ def setup_logging(*, log_format: str = "text", verbosity: int = 0, stream: TextI
     return handler
 
 
-def log_access(*, pod: str, identity_client_id: str, resource: str, status: int, cache_hit: bool,
-               seconds: float, method: str, route: str, remote: str) -> None:
-    """One line per token request. `pod` is "namespace/name" ("" when the caller was not identified),
-    `route` the route template, `remote` the peer address; the client ID is redacted here."""
-    logging.getLogger(ACCESS_LOGGER).info("token request", extra={
-        "pod": pod,
-        "identity": redact_client_id(identity_client_id),
-        "resource": resource[:256],
-        "status": status,
-        "cache_hit": cache_hit,
-        "duration_ms": round(seconds * 1000, 1),
-        "method": method,
-        "route": route,
-        "remote": remote,
-    })
+def __getattr__(name: str) -> Any:
+    # `nmi.logs.log_access` lives in nmi.access_log (which imports this module): resolved on first use.
+    if name == "log_access":
+        from .access_log import log_access
+
+        return log_access
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

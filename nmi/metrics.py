@@ -153,6 +153,7 @@ class Metrics:
         self._sources = BoundedValues(8)
         self._reasons = BoundedValues(32)
         self._watched = BoundedValues(16)
+        self._request_labels: dict[tuple[str, int, str, str], tuple[str, str, str, str]] = {}
         # Label-less series exist from the start so rate() works before the first event.
         self._store.set("nmi_pods_indexed", (), 0)
         self._store.add("nmi_requests_not_ready_total", (), 0)
@@ -160,8 +161,14 @@ class Metrics:
     # -- the token routes -------------------------------------------------------------------------------
     def observe_request(self, *, route: str, status: int, namespace: str, resource: str, seconds: float) -> None:
         """After every token-route and host-token-route request (any status), like upstream."""
-        status_code = str(status) if 100 <= status <= 599 else OTHER
-        labels = (fold_route(route), status_code, self._namespaces(namespace), fold_resource(resource))
+        raw = (route, status, namespace, resource)
+        labels = self._request_labels.get(raw)
+        if labels is None:  # folded once per distinct raw value set; the cache is bounded like the series
+            status_code = str(status) if 100 <= status <= 599 else OTHER
+            labels = (fold_route(route), status_code, self._namespaces(namespace), fold_resource(resource))
+            if len(self._request_labels) >= MAX_SERIES_PER_FAMILY:
+                self._request_labels.clear()
+            self._request_labels[raw] = labels
         self._store.observe("aadpodidentity_nmi_operations_duration_seconds", labels, seconds)
 
     def served_not_ready(self) -> None:

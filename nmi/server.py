@@ -1,7 +1,7 @@
 """aiohttp apps: the IMDS-compatible token server, the probe server and the metrics server.
 
 Handlers are thin: parse with `imds`, decide with the broker, render with `imds`. Every NmiError becomes IMDS
-JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
+JSON in `dispatch`; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from . import imds
 from .broker import Outcome, TokenBroker
 from .errors import BadRequest, Forbidden, NmiError
 from .imds import Route
+from .request_cache import RenderedBodies, query_of, route_of
 from .proxy import ImdsProxy
 
 log = logging.getLogger(__name__)
@@ -71,26 +72,35 @@ STATE = web.AppKey("state", DaemonState)
 OBSERVER = web.AppKey("observer", AccessObserver)
 PROXY = web.AppKey("proxy", ImdsProxy)
 
+
+BODIES = web.AppKey("bodies", RenderedBodies)
+
 def caller_ip(request: web.Request) -> str:
     """The TCP peer address (DNAT keeps the pod's source address). IPv4-mapped IPv6 is unwrapped."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
         return ""
+    if ":" not in peer[0]:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
+        return peer[0]
     address = ipaddress.ip_address(peer[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return str(address)
 
-def json_response(body: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+def json_response(body: str | bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    if isinstance(body, str):
+        body = body.encode()
+    # The headers aiohttp writes for text= with this content type, without re-encoding a cached body.
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8", headers=headers)
 
 def error_response(error: NmiError) -> web.Response:
     return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))
 
-@web.middleware
-async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """The token app's only handler. Every NmiError becomes IMDS JSON here (no middleware layer on the hot
+    path); anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving."""
     try:
-        return await handler(request)
+        return await _route(request)
     except NmiError as error:
         return error_response(error)
     except web.HTTPException:
@@ -99,10 +109,10 @@ async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Reque
         log.exception("internal error handling %s %s", request.method, request.path)
         return error_response(NmiError("Internal error; see the nmi log"))
 
-async def dispatch(request: web.Request) -> web.StreamResponse:
+
+async def _route(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    path = imds.normalise_path(request.raw_path)
-    route = imds.route_for(path, block_instance_metadata=config.block_instance_metadata)
+    path, route = route_of(request.raw_path, config.block_instance_metadata)
     if route is Route.TOKEN:
         return await observed(request, route, token)
     if route is Route.HOST_TOKEN:
@@ -138,10 +148,10 @@ async def observed(request: web.Request, route: Route,
 
 async def token(request: web.Request) -> tuple[web.Response, Outcome, str]:
     config = request.app[CONFIG]
-    parsed = imds.parse_token_request(request.method, request.headers, imds.parse_query(request.query_string),
+    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
                                       metadata_required=config.metadata_header_required)
     outcome = await request.app[BROKER].for_caller(caller_ip(request), parsed)
-    body = imds.render_tokens(outcome.grant.tokens, resource=parsed.resource, now=time.time())
+    body = request.app[BODIES].render(outcome.grant.tokens, resource=parsed.resource, now=time.time())
     return json_response(body), outcome, parsed.resource
 
 async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
@@ -150,7 +160,7 @@ async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
     podns, podname = request.headers.get("podns", ""), request.headers.get("podname", "")
     if not podns or not podname:
         raise BadRequest("missing 'podname' and 'podns' from request header")
-    parsed = imds.parse_token_request(request.method, request.headers, imds.parse_query(request.query_string),
+    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
                                       metadata_required=False)
     outcome = await request.app[BROKER].for_named_pod(podns, podname, parsed)
     client_id = outcome.identity.client_id if outcome.identity else ""
@@ -159,7 +169,8 @@ async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
 
 def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonState, proxy: ImdsProxy,
               observer: AccessObserver | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_imds_json], client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024)
+    app[BODIES] = RenderedBodies()
     app[BROKER] = broker
     app[CONFIG] = config
     app[STATE] = state

@@ -41,6 +41,7 @@ class _Entry:
     owner: str | None  # identity key for `forget`; None for the node's own identities
     expires_on: float
     refresh_at: float
+    grant: TokenGrant  # what every hit answers: one object per entry, not one per request
 
 
 class TokenCache:
@@ -64,7 +65,7 @@ class TokenCache:
                 # Push the next attempt out first, so a failing refresh is not restarted on every hit.
                 entry.refresh_at = now + self._policy.retry_refresh_after
                 self._start_fetch(key, fetch, owner)
-            return TokenGrant(entry.tokens, cached=True)
+            return entry.grant
         task = self._fetching.get(key) or self._start_fetch(key, fetch, owner)
         return TokenGrant(await asyncio.shield(task), cached=False)
 
@@ -95,7 +96,8 @@ class TokenCache:
         obtained_at = self._clock()
         expires_on = float(min(t.expires_on for t in tokens))
         if expires_on - obtained_at >= self._policy.unusable_within:
-            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on))
+            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on),
+                                        TokenGrant(tokens, cached=True))
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
