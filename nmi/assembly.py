@@ -45,7 +45,8 @@ class Parts:
     observer: AccessObserver
     server_config: TokenServerConfig
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
-    chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    # chain_task(stop, stopped_by_signal): the supervisor, until `stop`; stopped_by_signal() is asked on the way out
+    chain_task: Callable[[asyncio.Event, Callable[[], bool]], Awaitable[None]] | None
 
 
 class TokenObserver(AccessObserver):
@@ -203,7 +204,7 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack
     from iptables.rules import ChainSpec
-    from iptables.supervisor import supervise
+    from iptables.supervisor import REJECT, REMOVE, supervise
 
     try:
         backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
@@ -220,9 +221,14 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
         deleted = delete_conntrack(settings.metadata_ip, settings.metadata_port)
         log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
 
-    async def run(stop: asyncio.Event) -> None:
+    async def run(stop: asyncio.Event, stopped_by_signal: Callable[[], bool]) -> None:
+        def on_exit() -> str:
+            # SIGTERM/SIGINT: the reject with --fail-closed, else remove everything (upstream). A dying root task
+            # removes the chain as before (its handling is the daemon's, not the fail-closed flag's).
+            return REJECT if settings.fail_closed and stopped_by_signal() else REMOVE
+
         await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
-                        on_repair=metrics.iptables_repaired,
+                        on_repair=metrics.iptables_repaired, on_exit=on_exit,
                         after_install=conntrack if settings.conntrack_deletion else None)
 
     return run

@@ -32,6 +32,7 @@ class Daemon:
     settings: Settings
     state: DaemonState = field(default_factory=DaemonState)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    signalled: bool = False  # stop was asked by SIGTERM/SIGINT (not by a dying root task)
 
     async def run(self) -> int:
         settings = self.settings
@@ -50,7 +51,8 @@ class Daemon:
             await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port")
             token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port")
             tasks = {name: asyncio.create_task(start(), name=name) for name, start in parts.root_tasks.items()}
-            chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
+            chain = asyncio.create_task(parts.chain_task(self.stop, lambda: self.signalled),
+                                        name="iptables") if parts.chain_task else None
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
                      settings.operation_mode)
             died = await self._wait(list(tasks.values()) + ([chain] if chain else []))
@@ -58,7 +60,7 @@ class Daemon:
             log.info("shutting down%s", f": root task {died.get_name()} ended" if died else "")
             await token_site.stop()  # 1. stop accepting
             self.stop.set()
-            if chain is not None:  # 2. remove the chain (the supervisor does it on stop)
+            if chain is not None:  # 2. remove the chain, or swap it for the reject (the supervisor does it on stop)
                 await _finish(chain)
             await _cleanup_once(token_runner)  # 3. drain in-flight requests (bounded by shutdown_timeout)
             for task in tasks.values():
@@ -119,6 +121,7 @@ async def serve(settings: Settings) -> int:
         if not daemon.stop.is_set():
             log.info("received %s", signal.Signals(signum).name)
             timer.start()
+            daemon.signalled = True
             daemon.stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

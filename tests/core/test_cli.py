@@ -96,3 +96,10 @@ def test_workload_identity_bridge_is_off_by_default_and_its_flags_parse():
 def test_workload_identity_authority_host_must_be_an_https_url(value):
     with pytest.raises(UsageError, match="--workload-identity-authority-host"):
         parse_args([f"--workload-identity-authority-host={value}"])
+
+
+def test_fail_closed_is_off_by_default_for_drop_in_compatibility():
+    assert parse_args([]).fail_closed is False
+    assert parse_args(["--fail-closed"]).fail_closed is True
+    assert parse_args(["--fail-closed=true"]).fail_closed is True
+    assert parse_args(["--fail-closed=false"]).fail_closed is False
