@@ -28,6 +28,7 @@ from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
+from .sp_credentials import CredentialPolicy
 from .tokens import TokenService, workload_owner_key
 
 log = logging.getLogger("nmi")
@@ -128,7 +129,10 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                           metadata_port=settings.metadata_port,
                           observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter)
+                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+                          credential_policy=CredentialPolicy(
+                              allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
+                              cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,

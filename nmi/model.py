@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Iterator, Mapping
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -66,6 +66,29 @@ class PodInfo:
 class SecretRef:
     namespace: str
     name: str
+
+
+class SecretData(Mapping[str, bytes]):
+    """A Secret's decoded data, and the resourceVersion it was read at (credentials are parsed once per version).
+    Compares equal to a plain dict of the same data; its repr never shows the content."""
+
+    __slots__ = ("_data", "resource_version")
+
+    def __init__(self, data: Mapping[str, bytes], resource_version: str = "") -> None:
+        self._data = dict(data)
+        self.resource_version = resource_version
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"SecretData(keys={sorted(self._data)}, resource_version={self.resource_version!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ class ServiceAccountTokenMinter(Protocol):
 
 class SecretReader(Protocol):
     async def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
-        """Live GET of a Secret's decoded data. Raises errors.IdentityConfigurationError naming the Secret
+        """Live GET of a Secret's decoded data (a model.SecretData, with its resourceVersion). Raises errors.IdentityConfigurationError naming the Secret
         when it does not exist, errors.Unavailable when the API server cannot be reached."""
 
 

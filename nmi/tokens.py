@@ -24,12 +24,13 @@ from typing import Any, Callable, Hashable, Mapping, TypeVar
 import msal
 import requests
 
+from .credential_loader import CredentialLoader
 from .errors import IdentityConfigurationError, TokenRefused
-from .model import SERVICE_PRINCIPAL, USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
+from .model import USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
 from .ports import SecretReader, ServiceAccountTokenMinter
 from .sa_assertions import AssertionCache
-from .sp_credentials import (ClientCertificate, ClientSecret, authority_host, check_identity,
-                             client_certificate_from, client_secret_from, identity_label)
+from .sp_credentials import (ClientCertificate, ClientSecret, CredentialPolicy, authority_host, check_identity,
+                             identity_label)
 from .token_cache import RefreshPolicy, TokenCache
 from .upstream_http import (AadHttpClient, ImdsHttpClient, aad_session, access_token_from, failure_from,
                             imds_session)
@@ -63,8 +64,12 @@ class TokenService:
                  max_entries: int = 4096, refresh_policy: RefreshPolicy = RefreshPolicy(), max_workers: int = 10,
                  observe_upstream: ObserveUpstream | None = None, in_flight: InFlightHook | None = None,
                  rng: random.Random | None = None,
-                 service_account_tokens: ServiceAccountTokenMinter | None = None) -> None:
+                 service_account_tokens: ServiceAccountTokenMinter | None = None,
+                 credential_policy: CredentialPolicy = CredentialPolicy(),
+                 credentials: CredentialLoader | None = None) -> None:
         self._secrets = secrets
+        self._credential_policy = credential_policy
+        self.credentials = credentials or CredentialLoader()
         # Workload identity bridge (opt-in): None leaves WORKLOAD_IDENTITY identities refused as misconfigured.
         self.assertions = AssertionCache(service_account_tokens, clock=clock) if service_account_tokens else None
         self._clock = clock
@@ -88,7 +93,7 @@ class TokenService:
         self._max_apps = 256
 
     async def get(self, identity: Identity, resource: str) -> TokenGrant:
-        check_identity(identity)
+        check_identity(identity, self._credential_policy)
         if identity.type == WORKLOAD_IDENTITY:
             # Keyed by namespace and ServiceAccount: two ServiceAccounts federated to one client ID never share.
             key = (workload_owner_key(identity), identity.client_id.lower(), identity.tenant_id,
@@ -130,8 +135,7 @@ class TokenService:
         assert identity.client_password is not None  # check_identity made sure
         ref = identity.client_password
         data = await self._secrets.read_secret(ref.namespace, ref.name)
-        credential: ClientSecret | ClientCertificate = (
-            client_secret_from(ref, data) if identity.type == SERVICE_PRINCIPAL else client_certificate_from(ref, data))
+        credential = await self.credentials.load(identity.type, ref, data)
         tenants = (identity.tenant_id, *identity.auxiliary_tenant_ids)
         # Primary tenant first, as upstream answers; gather keeps that order.
         return tuple(await asyncio.gather(*(self._from_aad(identity, t, credential, resource) for t in tenants)))
