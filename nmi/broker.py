@@ -83,8 +83,10 @@ class TokenBroker:
     async def _resolve_and_get(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
         if node_identity_allowed and self._uses_node_identity(pod):
             log.info("exception pod %s uses the node's identity", pod.key)
+            # Whichever selector the pod gave goes to IMDS as IMDS's own: upstream dropped all but client_id, so
+            # a pod asking for one VM identity by object or resource ID got the system-assigned one.
             grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,
-                                                    resource_id=request.resource_id)
+                                                    resource_id=request.resource_id, object_id=request.object_id)
             return Outcome(pod, None, grant)
         workload = self._workload_identity(pod)
         if workload is not None:

@@ -60,8 +60,10 @@ class TokenSource(Protocol):
         concurrent callers. Raises NmiError subclasses (TokenRefused, Throttled, Unavailable,
         IdentityConfigurationError)."""
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        """Straight from IMDS for the node's own identities (exception pods, MIC)."""
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        """Straight from IMDS for the node's own identities (exception pods, MIC), at most one selector given:
+        forwarded as IMDS's client_id, msi_res_id or object_id."""
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         """Drop cached tokens of identities no longer present."""

@@ -103,9 +103,10 @@ class TokenService:
         return await self._cache.get((_identity_cache_key(identity), resource),
                                      lambda: self._fetch(identity, resource), owner=identity.key)
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        selector = _managed_identity(client_id, resource_id)
-        return await self._cache.get(("node", client_id.lower(), resource_id.lower(), resource),
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        selector = _managed_identity(client_id, resource_id, object_id)
+        return await self._cache.get(("node", client_id.lower(), resource_id.lower(), object_id.lower(), resource),
                                      lambda: self._from_imds(selector, resource, client_id), owner=None)
 
     def forget(self, keep_identity_keys: set[str]) -> None:
@@ -295,9 +296,12 @@ def _identity_cache_key(identity: Identity) -> Hashable:
             identity.auxiliary_tenant_ids, identity.ad_endpoint, (ref.namespace, ref.name) if ref else None)
 
 
-def _managed_identity(client_id: str, resource_id: str) -> dict[str, Any]:
+def _managed_identity(client_id: str, resource_id: str, object_id: str = "") -> dict[str, Any]:
+    """MSAL sends these as IMDS's client_id, msi_res_id (mi_res_id is its alias) and object_id."""
     if client_id:
         return dict(msal.UserAssignedManagedIdentity(client_id=client_id))
     if resource_id:
         return dict(msal.UserAssignedManagedIdentity(resource_id=resource_id))
+    if object_id:
+        return dict(msal.UserAssignedManagedIdentity(object_id=object_id))
     return dict(msal.SystemAssignedManagedIdentity())

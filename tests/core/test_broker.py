@@ -84,6 +84,8 @@ async def test_exception_pod_gets_the_node_identity_honouring_client_id():
     assert outcome.identity is None and tokens.calls == [("node:node-uami", "r")]
     await broker.for_caller("10.0.0.9", TokenRequest("r", resource_id="/sub/x"))
     assert tokens.calls[-1] == ("node:/sub/x", "r")
+    await broker.for_caller("10.0.0.9", TokenRequest("r", object_id="oid-node-uami"))
+    assert tokens.calls[-1] == ("node:oid-node-uami", "r")
 
 
 async def test_host_token_for_named_pod_and_unknown_pod():

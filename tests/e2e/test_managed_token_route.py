@@ -118,6 +118,23 @@ def test_exception_pod_gets_the_nodes_identity_honouring_client_id(nmi):
     assert answer.status == 200 and answer.json["client_id"] == C.client_id
 
 
+@pytest.mark.parametrize("selector, wanted, imds_selector", [
+    ({"object_id": A.object_id}, A, {"object_id": A.object_id}),
+    ({"mi_res_id": B.resource_id}, B, {"msi_res_id": B.resource_id}),
+    ({"msi_res_id": C.resource_id}, C, {"msi_res_id": C.resource_id}),
+])
+def test_exception_pod_selectors_reach_imds_as_imds_own_never_dropped(nmi, fakes, selector, wanted, imds_selector):
+    """Upstream dropped object_id and mi_res_id and answered with the node's system-assigned token."""
+    resource = f"https://exception-{next(iter(selector))}.example/"
+    answer = nmi.token(source="127.0.0.3", resource=resource, **selector)
+    assert answer.status == 200, answer.body
+    assert answer.json["client_id"] == wanted.client_id and oid(answer) == wanted.object_id
+    sent = fakes.call(lambda: [q for q in fakes.imds.queries if q.get("resource") == resource])
+    assert len(sent) == 1
+    assert {k: v for k, v in sent[0].items() if k in ("client_id", "msi_res_id", "mi_res_id", "object_id")} \
+        == imds_selector
+
+
 def test_tokens_are_cached_per_identity_and_resource(nmi, fakes):
     resource = "https://cache-test.example/"
     first = nmi.token(resource=resource)
