@@ -14,7 +14,7 @@ from . import identities as rules
 from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
 from .model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, Binding, Identity, PodInfo, TokenGrant,
                     TokenRequest)
-from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource
+from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource, WorkloadDirectory
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class Outcome:
 class TokenBroker:
     def __init__(self, pods: PodDirectory, catalog: IdentityCatalog, tokens: TokenSource, *,
                  policy: BrokerPolicy, clock: Callable[[], float] | None = None,
-                 service_accounts: ServiceAccountDirectory | None = None) -> None:
+                 service_accounts: ServiceAccountDirectory | None = None,
+                 workloads: WorkloadDirectory | None = None) -> None:
         self._pods = pods
+        self._workloads = workloads  # standard mode: ReplicaSets/Deployments of --MICNamespace (the MIC check)
         self._service_accounts = service_accounts
         self._catalog = catalog
         self._tokens = tokens
@@ -138,8 +140,14 @@ class TokenBroker:
         return max(mine, key=lambda b: (b.weight, b.name), default=None)
 
     def _uses_node_identity(self, pod: PodInfo) -> bool:
-        return (rules.is_excepted(pod, self._catalog.exceptions(pod.namespace))
-                or rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace))
+        if rules.is_excepted(pod, self._catalog.exceptions(pod.namespace)):
+            return True
+        # Managed mode has no MIC: only an AzurePodIdentityException gives a pod the node's identity there.
+        if self._policy.mode != STANDARD or self._workloads is None or not pod.replicaset:
+            return False
+        return rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace,
+                                replicaset=self._workloads.replicaset(pod.namespace, pod.replicaset),
+                                deployment=self._workloads.deployment(pod.namespace, rules.MIC_DEPLOYMENT))
 
     async def _by_object_id(self, candidates: list[Identity], request: TokenRequest) -> tuple[Identity, TokenGrant]:
         """AzureIdentity carries no object ID: match the `oid` claim of tokens issued to the pod's own identities."""

@@ -39,7 +39,8 @@ class PodInfo:
     ip: str
     phase: str = "Running"
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
-    replicaset: str = ""  # name of the first ReplicaSet owner, "" if none
+    replicaset: str = ""  # name of the ReplicaSet owner (the controller one if marked), "" if none
+    replicaset_uid: str = ""  # that owner reference's UID: the MIC check follows UIDs, never names alone
     deleting: bool = False  # metadata.deletionTimestamp is set
     host_network: bool = False
     service_account: str = "default"
@@ -60,6 +61,18 @@ class PodInfo:
         """The only pods a caller's address may identify: live, with an address of their own. Host-network pods
         share the node's address with every process on the node, so a call from it names no pod."""
         return self.live and not self.host_network
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A ReplicaSet or Deployment as far as the MIC check cares: who it is (UID) and who controls it."""
+
+    namespace: str
+    name: str
+    uid: str
+    owner_kind: str = ""  # the controlling owner reference ("" if none)
+    owner_name: str = ""
+    owner_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

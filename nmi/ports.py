@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Protocol
 
 from .model import (AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, ServiceAccount,
-                    ServiceAccountToken, TokenGrant)
+                    ServiceAccountToken, TokenGrant, Workload)
 
 
 class PodDirectory(Protocol):
@@ -38,6 +38,13 @@ class IdentityCatalog(Protocol):
 class ServiceAccountDirectory(Protocol):
     def service_account(self, namespace: str, name: str) -> ServiceAccount | None:
         """From the ServiceAccount watch cache only (workload identity bridge)."""
+
+
+class WorkloadDirectory(Protocol):
+    """ReplicaSets and Deployments of --MICNamespace, from watch caches (standard mode: the MIC check)."""
+
+    def replicaset(self, namespace: str, name: str) -> Workload | None: ...
+    def deployment(self, namespace: str, name: str) -> Workload | None: ...
 
 
 class ServiceAccountTokenMinter(Protocol):

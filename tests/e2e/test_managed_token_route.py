@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_pod
+from nmi.fakes.kubeobjects import make_deployment, make_pod, make_replicaset
 
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, NS
 
@@ -261,3 +261,20 @@ def test_thousands_of_junk_resources_keep_metric_labels_bounded(nmi):
     series = [line for line in metrics.splitlines() if line.startswith("aadpodidentity_nmi_operations_duration_seconds_count")]
     assert len(series) < 50
     assert "junk-" not in metrics and 'resource="other"' in metrics
+
+
+def test_attack_managed_mode_has_no_mic_shortcut_even_for_a_perfect_owner_chain(nmi, fakes):
+    """Managed mode runs no MIC: a pod of Deployment `mic` (real chain, by UID) gets nothing, and a bare pod with a
+    forged mic-<hash> owner reference (the reproduced attack: it got the kubelet's identity) neither."""
+    for obj in (make_deployment("mic", "default", uid="uid-managed-mic"),
+                make_replicaset("mic-8b8b8b", "default", uid="uid-managed-rs", deployment="mic",
+                                deployment_uid="uid-managed-mic"),
+                make_pod("mic-8b8b8b-xxxxx", "default", "127.0.0.70", NODE, replicaset="mic-8b8b8b",
+                         replicaset_uid="uid-managed-rs", labels={"pod-template-hash": "8b8b8b"}),
+                make_pod("bare", "default", "127.0.0.71", NODE, replicaset="mic-9a9a9a",
+                         labels={"pod-template-hash": "9a9a9a"})):
+        fakes.put(obj)
+    for source in ("127.0.0.70", "127.0.0.71"):
+        answer = nmi.token(source=source)
+        assert answer.status == 400 and answer.json["error_description"] == "Identity not found", answer.body
+    assert fakes.call(lambda: fakes.api.requests_for("replicasets") + fakes.api.requests_for("deployments")) == []
