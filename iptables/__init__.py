@@ -11,10 +11,10 @@ from .lock import DEFAULT_LOCK_PATH, XtablesLock
 from .nft import NftBackend
 from .node import ConntrackError, check_kubenet, check_route_localnet, delete_conntrack
 from .rules import CHAIN, ActualState, ChainSpec, Plan, dnat_target, parse_save, plan, removal_plan
-from .supervisor import KEEP, REJECT, REMOVE, check_and_repair, remove_chain, supervise
+from .supervisor import REJECT, REMOVE, check_and_repair, remove_chain, supervise
 
 __all__ = [
-    "KEEP", "REJECT", "REJECT_CHAIN", "REMOVE", "NodeRules", "Transaction", "reject_rule",
+    "REJECT", "REJECT_CHAIN", "REMOVE", "NodeRules", "Transaction", "reject_rule",
     "CHAIN", "DEFAULT_LOCK_PATH", "ActualState", "Backend", "BackendChoice", "BackendUnavailable", "ChainSpec",
     "ConntrackError", "IptablesError", "LegacyBackend", "NftBackend", "Plan", "XtablesLock", "XtablesLockTimeout",
     "check_and_repair", "check_kubenet", "check_route_localnet", "choose_mode", "delete_conntrack",

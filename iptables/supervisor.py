@@ -2,6 +2,9 @@
 
 Unlike upstream NMI, an iptables failure is not fatal: the supervisor reports itself broken (on_state(False),
 which the daemon turns into "Not Active" and not-ready), retries with exponential backoff, and recovers.
+Only a stop request (the daemon's SIGTERM/SIGINT path) removes the chain. A supervisor that dies any other way
+(a bug, a failing conntrack, cancellation by a dying daemon) leaves the DNAT in place: pods then get connection
+refused from the dead nmi, never the node's IMDS with every identity on the node (fail closed).
 The backend is blocking, so every call runs in a worker thread; the event loop never waits on iptables.
 """
 
@@ -20,11 +23,10 @@ logger = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[object]]
 
-# What the supervisor leaves on the node when it stops (the caller decides, at that moment, from why it stops).
+# What the supervisor leaves on the node when asked to stop (SIGTERM/SIGINT). A supervisor that dies or is
+# cancelled instead leaves the DNAT: pods' connections are refused while nmi is down.
 REMOVE = "remove"  # delete the chain (and any reject): pods reach the metadata address directly (upstream)
 REJECT = "reject"  # --fail-closed: swap the DNAT for the reject, pods' connections are reset until nmi is back
-KEEP = "keep"  # leave the DNAT: pods' connections to the metadata address are refused while nmi is down
-EXIT_ACTIONS = (REMOVE, REJECT, KEEP)
 
 
 async def supervise(
@@ -40,17 +42,19 @@ async def supervise(
     retry_initial: float = 0.5,
     retry_max: float | None = None,
     remove_attempts: int = 3,
-    on_exit: Callable[[], str] = lambda: REMOVE,
+    on_stop: str = REMOVE,
 ) -> None:
     """Keep the chain installed (and any reject left by a previous nmi removed, after the DNAT is in place)
-    until `stop` is set, then do what `on_exit()` says (REMOVE, REJECT or KEEP, asked on the way out) and return.
+    until `stop` is set, then remove it, or swap it for the reject when `on_stop` is REJECT, and return.
 
     on_state(True) is called once the chain is in place (after `after_install`, e.g. conntrack deletion, ran
     once, blocking, in a thread), on_state(False) whenever a check or repair fails and again before removal;
     only changes are reported. on_repair(reason) is called for every drift repaired after the first install.
     Failed checks are retried after retry_initial, doubling up to retry_max (default: interval).
-    IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor.
-    If removal (or the swap to the reject) still fails after `remove_attempts`, the last IptablesError is raised.
+    IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor and,
+    like cancellation, leaves the chain installed (fail closed). Only `stop` leads to `on_stop`: REMOVE the
+    chain (and any reject), or swap it for the REJECT (--fail-closed).
+    If that still fails after `remove_attempts`, the last IptablesError is raised.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
@@ -86,17 +90,16 @@ async def supervise(
                 logger.warning("iptables check failed (attempt %d, retrying in %.1fs): %s", failures, delay, exc)
                 report(False)
             await _pause(stop, delay, sleep)
-    finally:
+    except BaseException:
         report(False)
-        action = on_exit()
-        if action == KEEP:
-            logger.info("iptables chain left in place: pods' connections to the metadata address are refused")
-        elif action == REJECT:
-            await _with_retries(lambda: backend.fail_closed(spec), "swapped for the reject (fail-closed)",
-                                attempts=remove_attempts, sleep=sleep, pause=retry_initial)
-        else:
-            await _with_retries(backend.remove, "removed", attempts=remove_attempts, sleep=sleep,
-                                pause=retry_initial)
+        logger.error("iptables supervisor ended without a stop request: the chain stays (fail closed)")
+        raise
+    report(False)
+    if on_stop == REJECT:
+        await _with_retries(lambda: backend.fail_closed(spec), "swapped for the reject (fail-closed)",
+                            attempts=remove_attempts, sleep=sleep, pause=retry_initial)
+    else:
+        await _with_retries(backend.remove, "removed", attempts=remove_attempts, sleep=sleep, pause=retry_initial)
 
 
 def check_and_repair(backend: Backend, spec: ChainSpec) -> Transaction:
