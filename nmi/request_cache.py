@@ -20,7 +20,7 @@ _queries: dict[str, list[tuple[str, str]]] = {}
 def route_of(raw_path: str, block_instance_metadata: bool) -> tuple[str, Route]:
     known = _routes.get((raw_path, block_instance_metadata))
     if known is None:
-        path = imds.normalise_path(raw_path)
+        path = imds.canonical_path(raw_path)
         known = path, imds.route_for(path, block_instance_metadata=block_instance_metadata)
         if len(raw_path) <= _MAX_REMEMBERED_LENGTH:
             if len(_routes) >= _MAX_REMEMBERED:

@@ -1,7 +1,7 @@
 """aiohttp apps: the IMDS-compatible token server, the probe server and the metrics server.
 
 Handlers are thin: parse with `imds`, decide with the broker, render with `imds`. Every NmiError becomes IMDS
-JSON in `dispatch`; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
+JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from . import imds
+from . import __version__, imds
 from .broker import Outcome, TokenBroker
 from .errors import BadRequest, Forbidden, NmiError
 from .imds import Route
-from .request_cache import RenderedBodies, query_of, route_of
 from .proxy import ImdsProxy
+from .request_cache import RenderedBodies, query_of, route_of
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,6 @@ CONFIG = web.AppKey("config", TokenServerConfig)
 STATE = web.AppKey("state", DaemonState)
 OBSERVER = web.AppKey("observer", AccessObserver)
 PROXY = web.AppKey("proxy", ImdsProxy)
-
-
 BODIES = web.AppKey("bodies", RenderedBodies)
 
 def caller_ip(request: web.Request) -> str:
@@ -87,30 +85,52 @@ def caller_ip(request: web.Request) -> str:
         address = address.ipv4_mapped
     return str(address)
 
+# On every answer nmi gives itself (not on IMDS answers it proxies): how `nmi doctor` tells nmi from IMDS.
+SERVER_HEADER = {"Server": f"nmi/{__version__}"}
+
 def json_response(body: str | bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     if isinstance(body, str):
         body = body.encode()
     # The headers aiohttp writes for text= with this content type, without re-encoding a cached body.
-    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8", headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8",
+                        headers={**SERVER_HEADER, **headers} if headers else SERVER_HEADER)
 
 def error_response(error: NmiError) -> web.Response:
     return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))
 
-async def dispatch(request: web.Request) -> web.StreamResponse:
-    """The token app's only handler. Every NmiError becomes IMDS JSON here (no middleware layer on the hot
-    path); anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving."""
+@web.middleware
+async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     try:
-        return await _route(request)
+        return await handler(request)
     except NmiError as error:
         return error_response(error)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:  # aiohttp's own refusals (e.g. 404 for `OPTIONS *`) get IMDS JSON too
+        if exc.status < 400:
+            raise
+        return error_response(http_error(exc.status, exc.reason))
     except Exception:  # a bug: answer, log with traceback, keep serving
         log.exception("internal error handling %s %s", request.method, request.path)
         return error_response(NmiError("Internal error; see the nmi log"))
 
+def http_error(status: int, reason: str) -> NmiError:
+    error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
+    error.status = status
+    return error
 
-async def _route(request: web.Request) -> web.StreamResponse:
+
+async def expect_only_continue(request: web.Request) -> web.Response | None:
+    """aiohttp's default expect handler, except that an unknown `Expect` gets IMDS JSON (the default answers
+    a text 417 before any middleware runs)."""
+    if request.version != web.HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(http_error(417, "Only Expect: 100-continue is understood"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's default does: the interim answer is not the response
+    return None
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     path, route = route_of(request.raw_path, config.block_instance_metadata)
     if route is Route.TOKEN:
@@ -122,6 +142,7 @@ async def _route(request: web.Request) -> web.StreamResponse:
     if route is Route.INSTANCE_BLOCKED:
         raise Forbidden("Request blocked by AAD Pod Identity NMI")
     imds.check_common(request.method, request.headers, metadata_required=config.metadata_header_required)
+    imds.check_proxyable(path)
     return await request.app[PROXY].forward(request, path)
 
 async def observed(request: web.Request, route: Route,
@@ -169,14 +190,14 @@ async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
 
 def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonState, proxy: ImdsProxy,
               observer: AccessObserver | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(middlewares=[errors_as_imds_json], client_max_size=64 * 1024)
     app[BODIES] = RenderedBodies()
     app[BROKER] = broker
     app[CONFIG] = config
     app[STATE] = state
     app[PROXY] = proxy
     app[OBSERVER] = observer or AccessObserver()
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 
 def probe_app(state: DaemonState) -> web.Application:
