@@ -13,6 +13,8 @@ import sys
 
 from aiohttp import web
 
+from nmi import __version__
+
 from .loadgen import TOKEN_PATH
 
 # nmi's (and IMDS's) exact answer to a request without the header, so both error paths send the same bytes.
@@ -31,12 +33,15 @@ def fixed_token_body(size: int) -> str:
 
 def baseline_app(body_size: int) -> web.Application:
     # text= with application/json, as nmi answers, so both send the same headers (charset included).
+    # nmi names itself in a Server header on its own answers; the baseline sends the same one.
     token_body = fixed_token_body(body_size)
+    server = {"Server": f"nmi/{__version__}"}
 
     async def token(request: web.Request) -> web.Response:
         if request.headers.get("Metadata") != "true":
-            return web.Response(text=MISSING_HEADER_BODY, status=400, content_type="application/json")
-        return web.Response(text=token_body, content_type="application/json")
+            return web.Response(text=MISSING_HEADER_BODY, status=400, content_type="application/json",
+                                headers=server)
+        return web.Response(text=token_body, content_type="application/json", headers=server)
 
     async def readyz(request: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -13,9 +13,13 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in SUBCOMMANDS:
         raise SystemExit(importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:]))
     from .cli import load_settings
+
+    settings = load_settings(args)  # before the daemon is imported: --version, --help and bad flags stay fast
+    from .slim_imports import import_kubernetes_without_extras
+
+    import_kubernetes_without_extras()
     from .daemon import run
 
-    settings = load_settings(args)
     raise SystemExit(run(settings))
 
 

@@ -12,9 +12,11 @@ import atexit
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from .logs import _ACCESS_CALLER_FIELDS, ACCESS_LOGGER, _json_line, _text_fields, _timestamp, redact_client_id, scrub_value
+from .logs import (_ACCESS_CALLER_FIELDS, ACCESS_LOGGER, _json_line, _text_value, _timestamp, redact_client_id,
+                   scrub_value)
 
 _current: "AccessWriter | None" = None  # the writer of the handler setup_logging installed last
 _MAX_REMEMBERED = 4096
@@ -57,12 +59,16 @@ class AccessWriter:
     def line(self, fields: dict[str, Any], created: float) -> str:
         for key in _ACCESS_CALLER_FIELDS:  # what SecretScrubber does to an access record
             fields[key] = _scrubbed(key, fields[key])
-        if self.json_lines:
-            entry = {"time": _timestamp(created), "level": "INFO", "logger": ACCESS_LOGGER,
-                     "message": "token request"}
+        if self.json_lines:  # JsonFormatter's keys, in its order, for an INFO record of log_access
+            entry = {"ts": created * 1000.0, "caller": _CALLER, "msg": "token request", "v": 0,
+                     "time": _timestamp(created), "level": "INFO", "logger": ACCESS_LOGGER}
             entry.update(fields)
             return _json_line(entry) + "\n"
-        return f"{_timestamp(created)} INFO {ACCESS_LOGGER}: token request{_text_fields(fields)}\n"
+        return (f"{_timestamp(created)} INFO {ACCESS_LOGGER}: token request pod={_text_value(fields['pod'])} "
+                f"identity={_text_value(fields['identity'])} resource={_text_value(fields['resource'])} "
+                f"status={fields['status']:d} cache_hit={'true' if fields['cache_hit'] else 'false'} "
+                f"duration_ms={fields['duration_ms']!r} method={_text_value(fields['method'])} "
+                f"route={_text_value(fields['route'])} remote={_text_value(fields['remote'])}\n")
 
     def write(self, text: str) -> None:
         try:
@@ -117,4 +123,9 @@ def log_access(*, pod: str, identity_client_id: str, resource: str, status: int,
             and not _ACCESS_LOG.filters and not _NMI_LOG.handlers):
         writer.write(writer.line(fields, time.time()))
         return
-    _ACCESS_LOG.info("token request", extra=fields)
+    _ACCESS_LOG.info("token request", extra=fields)  # the fallback record: _CALLER names this line
+
+
+# JsonFormatter's `caller` of the fallback record (file:line of the call above), so both paths write the same keys.
+_CALLER = next(f"access_log.py:{number}" for number, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+               if text.strip().startswith("_ACCESS_LOG.info("))

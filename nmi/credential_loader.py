@@ -18,8 +18,6 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Hashable, Mapping
 
-from cryptography.hazmat.primitives import serialization
-
 from .errors import IdentityConfigurationError
 from .model import SERVICE_PRINCIPAL, SecretRef
 from .sp_credentials import ClientCertificate, ClientSecret, client_secret_from, open_pkcs12, secret_label
@@ -106,6 +104,9 @@ class CredentialLoader:
             ParserProcess.kill()
             raise IdentityConfigurationError(f"{label}: the PKCS#12 bundle could not be opened") from None
         key_der, certificate_pem, fingerprint = outcome
+        # Imported here: cryptography is ~10 MiB that nodes without certificate identities never need.
+        from cryptography.hazmat.primitives import serialization
+
         # Already validated in the worker: skip cryptography's RSA check, which is slow for big keys.
         private_key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
         return ClientCertificate(private_key=private_key, certificate_pem=certificate_pem,  # type: ignore[arg-type]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
+if TYPE_CHECKING:  # cryptography (~10 MiB) is imported only where a certificate is opened
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import IdentityConfigurationError
 from .model import (SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, Identity,
@@ -154,6 +153,10 @@ def client_secret_from(ref: SecretRef, data: Mapping[str, bytes]) -> ClientSecre
 
 def client_certificate_from(ref: SecretRef, data: Mapping[str, bytes]) -> ClientCertificate:
     """PKCS#12 bundle under `certificate`, its password under `password` (either may be absent)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     label = secret_label(ref)
     bundle = data.get(CERTIFICATE_KEY, b"")
     password = data.get(PASSWORD_KEY, b"").rstrip(b"\r\n") or None
@@ -185,6 +188,8 @@ def client_certificate_from(ref: SecretRef, data: Mapping[str, bytes]) -> Client
 def open_pkcs12(ref: SecretRef, data: Mapping[str, bytes]) -> tuple[bytes, str, str]:
     """client_certificate_from, for the parser process: (private key as unencrypted PKCS#8 DER, certificate PEM,
     fingerprint), plain values that cross the process boundary. Raises IdentityConfigurationError."""
+    from cryptography.hazmat.primitives import serialization
+
     opened = client_certificate_from(ref, data)
     key_der = opened.private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption())
@@ -192,6 +197,8 @@ def open_pkcs12(ref: SecretRef, data: Mapping[str, bytes]) -> tuple[bytes, str, 
 
 
 def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return "an EC key"
     return f"a {type(key).__name__} key"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 
@@ -39,13 +38,17 @@ def build_api_client(
         # KUBECONFIG may be a path list; the client itself reads only the first file.
         first = path.split(os.pathsep)[0]
         try:
-            k8s_config.load_kube_config(config_file=first, client_configuration=configuration, persist_config=False)
+            from kubernetes.config.kube_config import load_kube_config  # yaml, oauthlib...: only when used
+
+            load_kube_config(config_file=first, client_configuration=configuration, persist_config=False)
         except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
             raise KubeConfigError(f"cannot load kubeconfig {first}: {_one_line(exc)}") from exc
         return k8s_client.ApiClient(configuration)
 
+    from kubernetes.config.incluster_config import load_incluster_config
+
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        load_incluster_config(client_configuration=configuration)
     except (ConfigException, OSError) as exc:
         raise KubeConfigError(
             "no Kubernetes API configuration: not running in a cluster "

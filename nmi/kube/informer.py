@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,11 +78,15 @@ class Informer:
         self._response: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
+        self._handoff: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._wakeup_pending = False
 
     async def run(self) -> None:
         """List and watch until cancelled. Cancelling stops the thread promptly (its stream is shut down)."""
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
+        self._handoff.clear()
+        self._wakeup_pending = False
         done: asyncio.Future[None] = self._loop.create_future()
         self._done = done
         thread = threading.Thread(
@@ -235,12 +240,27 @@ class Informer:
                 pass
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        # Changes queue up in order; the loop is woken once per batch, not once per event: a wake-up is a
+        # lock and a pipe write, which made applying a burst of watch events cost more than parsing them.
+        self._handoff.append((callback, args))
+        if self._wakeup_pending:
+            return
+        self._wakeup_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._on_loop, callback, args)
+            self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # loop closed: we are shutting down
             self._stop.set()
 
     # -- loop side -----------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Everything handed over so far, in order. The flag is cleared first: a change queued while this runs
+        is either taken by this drain or schedules the next one."""
+        self._wakeup_pending = False
+        handoff = self._handoff
+        while handoff:
+            callback, args = handoff.popleft()
+            self._on_loop(callback, args)
 
     def _on_loop(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
