@@ -26,6 +26,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=defaults.rounds, help="best of N interleaved rounds (hits, errors)")
     p.add_argument("--pods-at-start", type=int, default=defaults.pods_at_start)
     p.add_argument("--pods-total", type=int, default=defaults.pods_total)
+    p.add_argument("--world-pods", type=int, default=defaults.world_pods, help="pods on the node in the world")
+    p.add_argument("--world-identities", type=int, default=defaults.world_identities,
+                   help="AzureIdentities in the world, and as many AzureIdentityBindings")
+    p.add_argument("--world-namespaces", type=int, default=defaults.world_namespaces)
+    p.add_argument("--watch-events", type=int, default=defaults.watch_events)
+    p.add_argument("--bursts", default=",".join(map(str, defaults.bursts)),
+                   help="comma-separated sizes of simultaneous first requests for one new resource")
     return p.parse_args(argv)
 
 
@@ -35,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(workdir=workdir, hit_requests=args.hit_requests, error_requests=args.error_requests,
                          miss_requests=args.miss_requests, warmup_requests=args.warmup_requests,
                          concurrency=args.concurrency, rounds=args.rounds, pods_at_start=args.pods_at_start,
-                         pods_total=args.pods_total)
+                         pods_total=args.pods_total, world_pods=args.world_pods,
+                         world_identities=args.world_identities, world_namespaces=args.world_namespaces,
+                         watch_events=args.watch_events, bursts=tuple(int(n) for n in args.bursts.split(",")))
     print(f"running (process logs in {workdir}) ...", flush=True)
     results = run_all(config)
     results["ratios"] = ratios(results)

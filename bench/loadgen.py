@@ -37,8 +37,8 @@ class LoadResult:
     client_cpu_seconds: float
 
 
-def token_path(index: int, *, distinct_resources: bool) -> str:
-    resource_uri = f"https://bench-{index}.example/" if distinct_resources else SAME_RESOURCE
+def token_path(index: int, *, distinct_resources: bool, resource: str = "") -> str:
+    resource_uri = resource or (f"https://bench-{index}.example/" if distinct_resources else SAME_RESOURCE)
     return f"{TOKEN_PATH}?api-version=2018-02-01&resource={quote(resource_uri, safe='')}"
 
 
@@ -104,13 +104,14 @@ async def _connect(port: int, source: str) -> _Connection:
 
 
 async def generate(*, port: int, count: int, concurrency: int, metadata: bool = True, distinct_resources: bool = False,
-                   source: str = "127.0.0.1", timeout: float = 60.0, first_index: int = 0) -> LoadResult:
+                   source: str = "127.0.0.1", timeout: float = 60.0, first_index: int = 0,
+                   resource: str = "") -> LoadResult:
     """`count` requests over `concurrency` connections; request i asks for resource i when distinct.
     `timeout` bounds the whole run: requests still unanswered then count as failed."""
     cpu_before = _cpu_seconds()
     connections = [await _connect(port, source) for _ in range(max(1, min(concurrency, count)))]
     pending = iter(range(first_index, first_index + count))
-    same = request_bytes(token_path(0, distinct_resources=False), port=port, metadata=metadata)
+    same = request_bytes(token_path(0, distinct_resources=False, resource=resource), port=port, metadata=metadata)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     failed = 0
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-metadata", dest="metadata", action="store_false", help="omit the Metadata header")
     parser.add_argument("--distinct-resources", action="store_true", help="a new resource for every request")
     parser.add_argument("--first-index", type=int, default=0, help="first resource number (with --distinct-resources)")
+    parser.add_argument("--resource", default="", help="ask every request for this resource")
     parser.add_argument("--source", default="127.0.0.1", help="source address in 127.0.0.0/8")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on the whole run, seconds")
     args = parser.parse_args(argv)
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the load generator only sends to and from loopback")
     result = asyncio.run(generate(port=args.port, count=args.count, concurrency=args.concurrency,
                                   metadata=args.metadata, distinct_resources=args.distinct_resources,
-                                  source=args.source, timeout=args.timeout, first_index=args.first_index))
+                                  source=args.source, timeout=args.timeout, first_index=args.first_index,
+                                  resource=args.resource))
     json.dump(asdict(result), sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from nmi.demo.world import kubeconfig
 from nmi.fakes.apiserver import FakeApiServer
 from nmi.fakes.imds import FakeImds, VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from nmi.fakes.kubeobjects import make_assigned_identity, make_binding, make_identity, make_pod
 
 NODE = "bench-node"
 NAMESPACE = "bench"
@@ -29,9 +29,12 @@ CALLER_IP = "127.0.0.1"
 
 
 def base_objects() -> list[dict[str, Any]]:
-    return [make_identity("bench-id", NAMESPACE, client_id=IDENTITY.client_id, resource_id=IDENTITY.resource_id),
-            make_binding("bench-binding", NAMESPACE, identity="bench-id", selector=SELECTOR),
-            make_pod("caller", NAMESPACE, CALLER_IP, NODE, labels={"aadpodidbinding": SELECTOR})]
+    """The caller's identity and binding, and (for standard mode) the assignment MIC would have written."""
+    identity = make_identity("bench-id", NAMESPACE, client_id=IDENTITY.client_id, resource_id=IDENTITY.resource_id)
+    binding = make_binding("bench-binding", NAMESPACE, identity="bench-id", selector=SELECTOR)
+    return [identity, binding, make_pod("caller", NAMESPACE, CALLER_IP, NODE, labels={"aadpodidbinding": SELECTOR}),
+            make_assigned_identity("caller-bench-id", NAMESPACE, pod="caller", pod_namespace=NAMESPACE, node=NODE,
+                                   identity=identity, binding=binding)]
 
 
 def bulk_pod_ip(index: int) -> str:

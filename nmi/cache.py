@@ -274,11 +274,12 @@ class PodIndex:
             self.upsert(pod)
 
     def _insert(self, pod: PodInfo) -> None:
-        self._by_key[pod.key] = pod
+        key = pod.key  # one string for both indexes (the property builds a new one on every call)
+        self._by_key[key] = pod
         if pod.uid:
             self._by_uid[pod.uid] = pod
         if pod.ip and pod.owns_ip:
-            self._by_ip.setdefault(pod.ip, {})[pod.key] = pod
+            self._by_ip.setdefault(pod.ip, {})[key] = pod
             self._misses.pop(pod.ip, None)
 
     def _remove(self, key: str, *, tombstone: bool = True) -> bool:

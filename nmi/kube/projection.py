@@ -8,6 +8,7 @@ tolerantly instead.
 from __future__ import annotations
 
 import logging
+from sys import intern
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -88,18 +89,20 @@ def _pod(raw: Any) -> PodInfo:
     spec = _mapping(raw, "spec", required=False)
     status = _mapping(raw, "status", required=False)
     owner = _owner(meta, "replicaset")
+    # Values many pods share (namespace, phase, owner, ServiceAccount, label keys and values) are interned: one
+    # string per distinct value instead of one per pod, which is most of a cached pod's bytes.
     return PodInfo(
-        namespace=_str(meta, "namespace", required=True),
+        namespace=intern(_str(meta, "namespace", required=True)),
         name=_str(meta, "name", required=True),
         uid=_str(meta, "uid"),
         ip=_str(status, "podIP"),
-        phase=_str(status, "phase") or "Pending",
-        labels=_labels(meta, "labels"),
-        replicaset=str(owner.get("name", "")),
-        replicaset_uid=str(owner.get("uid", "")),
+        phase=intern(_str(status, "phase") or "Pending"),
+        labels=_labels(meta, "labels", shared=True),
+        replicaset=intern(str(owner.get("name", ""))),
+        replicaset_uid=intern(str(owner.get("uid", ""))),
         deleting=meta.get("deletionTimestamp") is not None,
         host_network=spec.get("hostNetwork") is True,
-        service_account=_str(spec, "serviceAccountName") or "default",
+        service_account=intern(_str(spec, "serviceAccountName") or "default"),
         resource_version=_str(meta, "resourceVersion"),
     )
 
@@ -233,12 +236,14 @@ def _str(raw: Mapping[str, Any], field: str, *, required: bool = False) -> str:
     return value
 
 
-def _labels(raw: Mapping[str, Any], field: str) -> Mapping[str, str]:
+def _labels(raw: Mapping[str, Any], field: str, *, shared: bool = False) -> Mapping[str, str]:
     value = raw.get(field)
     if not value:
         return EMPTY
     if not isinstance(value, Mapping):
         raise Malformed(f"{field} is not an object")
+    if shared:  # keys and values repeat across the pods of a workload (interned strings are freed when unused)
+        return MappingProxyType({intern(str(k)): intern(v) for k, v in value.items() if isinstance(v, str)})
     return MappingProxyType({str(k): v for k, v in value.items() if isinstance(v, str)})
 
 

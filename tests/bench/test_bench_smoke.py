@@ -40,7 +40,8 @@ def no_leftover_children():
 @pytest.mark.timeout(90)
 def test_tiny_run_answers_every_request_and_reports_positive_ratios(tmp_path, no_leftover_children):
     config = BenchConfig(workdir=tmp_path, hit_requests=50, error_requests=40, miss_requests=5, warmup_requests=10,
-                         concurrency=4, miss_concurrency=3, rounds=2, pods_at_start=10, pods_total=20)
+                         concurrency=4, miss_concurrency=3, rounds=2, pods_at_start=10, pods_total=20,
+                         world_pods=5, world_identities=30, world_namespaces=3, watch_events=40, bursts=(1, 8))
     results = run_all(config)
 
     for server in ("nmi", "baseline"):
@@ -50,6 +51,13 @@ def test_tiny_run_answers_every_request_and_reports_positive_ratios(tmp_path, no
         assert len(results[f"{server}_hits"]["rounds_requests_per_second"]) == 2
     assert results["nmi_misses"]["statuses"] == {"200": 5}
     assert results["imds_calls_for_misses"] == 5  # one IMDS call per distinct resource
+    assert [(b["imds_calls"], b["statuses"]) for b in results["bursts"]] == [(1, {"200": 1}), (1, {"200": 8})]
+    assert results["nmi_standard_hits"]["statuses"] == {"200": 50}  # standard mode serves the cached path too
+    assert results["nmi_world_hits"]["statuses"] == {"200": 50} and results["nmi_world_exit_code"] == 0
+    watch = results["watch_apply"]
+    assert watch["speed"]["pods"]["events"] == 40 and watch["speed"]["azureidentities"]["objects_listed"] == 30
+    assert all(0 < size < 10_000 for size in watch["bytes_per_object"].values())
+    assert results["version_seconds"] > 0
     assert results["token_body_bytes"] > 500  # a real token answer came back and sized the baseline's body
     assert [results[k] for k in ("nmi_exit_code", "nmi_pods_exit_code", "nmi_all_pods_exit_code",
                                  "baseline_exit_code")] == [0, 0, 0, 0]
@@ -63,12 +71,14 @@ def test_tiny_run_answers_every_request_and_reports_positive_ratios(tmp_path, no
     results.update(ratios=figures, recommendation=sizing)
     table = render(results)
     assert "cached token (200)" in table and "20 pods" in table and "Mi" in table
+    assert "SPEC §10 targets" in table and "exactly 1" in table and "met" in table
 
 
 def test_command_line_writes_the_results_file(tmp_path, capsys, no_leftover_children):
     out = tmp_path / "results.json"
     assert main(["--out", str(out), "--hit-requests=20", "--error-requests=20", "--miss-requests=2",
-                 "--warmup-requests=5", "--concurrency=2", "--rounds=1", "--pods-at-start=2", "--pods-total=3"]) == 0
+                 "--warmup-requests=5", "--concurrency=2", "--rounds=1", "--pods-at-start=2", "--pods-total=3",
+                 "--world-pods=2", "--world-identities=4", "--watch-events=10", "--bursts=2"]) == 0
     assert '"nmi_hits"' in out.read_text() and f"results: {out}" in capsys.readouterr().out
 
 
