@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what they need first (Debian packages, .venv).
-.PHONY: demo test bench
+.PHONY: demo test bench bench-sweep
 
 demo:
 	@bash scripts/bootstrap.sh
@@ -12,3 +12,9 @@ test:
 bench:
 	@bash scripts/bootstrap.sh
 	@.venv/bin/python -m bench
+
+# Throughput and p99 against 1-256 connections, nmi and the baseline, and the plot in docs/ (needs matplotlib).
+bench-sweep:
+	@bash scripts/bootstrap.sh
+	@.venv/bin/pip install -q -e '.[bench]'
+	@.venv/bin/python -m bench.sweep --png docs/performance.png --json docs/performance-sweep.json

@@ -168,12 +168,16 @@ class FakeApiServer:
         if request.query.get("watch") in ("true", "1"):
             return await self._watch(request, Watcher(plural, namespace, matches))
         kind, api_version = RESOURCES[plural]
-        return web.json_response({
-            "apiVersion": api_version,
-            "kind": f"{kind}List",
-            "metadata": {"resourceVersion": str(self.state.resource_version)},
-            "items": self.state.list(plural, namespace, matches),
-        })
+        metadata = {"resourceVersion": str(self.state.resource_version)}
+        limit = request.query.get("limit", "")
+        # Chunked lists: a page, and a continue token (here simply the offset) where the next one starts.
+        page = int(limit) if limit.isdigit() and int(limit) > 0 else None
+        start = int(request.query.get("continue", "0") or "0") if page else 0
+        items, more = self.state.list(plural, namespace, matches, start=start, limit=page)
+        if more and page:
+            metadata["continue"] = str(start + page)
+        return web.json_response({"apiVersion": api_version, "kind": f"{kind}List", "metadata": metadata,
+                                  "items": items})
 
     async def _watch(self, request: web.Request, watcher: Watcher) -> web.StreamResponse:
         rv = request.query.get("resourceVersion", "")

@@ -121,12 +121,14 @@ class ClusterState:
         obj = self.objects[plural].get((namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, plural: str, namespace: str | None, matches: Matcher) -> list[dict[str, Any]]:
-        return [
-            copy.deepcopy(obj)
-            for (ns, _), obj in sorted(self.objects[plural].items())
-            if (not namespace or ns == namespace) and matches(obj)
-        ]
+    def list(self, plural: str, namespace: str | None, matches: Matcher, *, start: int = 0,
+             limit: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """Copies of the matching objects in key order, from the `start`-th, at most `limit`; and whether more
+        follow (only what is returned is copied, so paging through a big collection stays cheap)."""
+        found = [obj for (ns, _), obj in sorted(self.objects[plural].items())
+                 if (not namespace or ns == namespace) and matches(obj)]
+        stop = len(found) if limit is None else start + limit
+        return [copy.deepcopy(obj) for obj in found[start:stop]], stop < len(found)
 
     def compact(self) -> None:
         """Forget the history: any watch from a resourceVersion before now gets 410 Gone."""

@@ -56,6 +56,7 @@ class Informer:
         stop_timeout: float = 2.0,
         on_restart: RestartHook | None = None,
         on_api_error: ErrorHook | None = None,
+        list_page: int = 500,
     ) -> None:
         self.target = target
         self.store = store
@@ -67,6 +68,7 @@ class Informer:
         self.on_restart = on_restart
         self.on_api_error = on_api_error
         self._watch_timeout = watch_timeout_seconds
+        self._list_page = list_page
         self._list_timeout = list_timeout
         self._sleep = sleep
         self._clock = clock
@@ -153,13 +155,23 @@ class Informer:
                 self._pause(self._backoff(failures))
 
     def _list(self) -> str:
-        response = self.target.list_call(
-            **self._selectors(), _preload_content=False, _request_timeout=self._list_timeout
-        )
-        body = json_body(response)
-        items = body.get("items") or []
-        projected = [item for item in map(self.target.project, items) if item is not None]
-        rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        # In pages, as client-go's reflector lists: only one page of raw JSON is alive at a time, so listing
+        # 10,000 objects does not leave the process holding (and the allocator keeping) a 100 MiB parse tree.
+        projected: list[Any] = []
+        rv, token = "", ""
+        while True:
+            paging = {"limit": self._list_page, "_continue": token} if token else {"limit": self._list_page}
+            response = self.target.list_call(
+                **self._selectors(), **paging, _preload_content=False, _request_timeout=self._list_timeout
+            )
+            body = json_body(response)
+            projected.extend(item for item in map(self.target.project, body.get("items") or []) if item is not None)
+            meta = body.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion") or "")  # every page is the first page's snapshot
+            token = str(meta.get("continue") or "")
+            del body, response
+            if not token:
+                break
         self._post(self._apply_list, projected, rv)
         return rv
 

@@ -114,3 +114,19 @@ def test_a_port_clash_on_every_attempt_is_reported(tmp_path, no_leftover_childre
     with pytest.raises(PortTaken):
         with running(make, attempts=2):
             pass
+
+
+def test_connection_sweep_measures_both_servers_and_plots(tmp_path, no_leftover_children):
+    from bench.sweep import render as render_sweep
+    from bench.sweep import sweep
+
+    result = sweep(workdir=tmp_path, requests=30, rounds=1, connections=(1, 3))
+    for server in ("nmi", "baseline"):
+        assert [row["connections"] for row in result["servers"][server]] == [1, 3]
+        assert all(row["requests_per_second"] > 0 and row["failed"] == 0 for row in result["servers"][server])
+    assert "connections" in render_sweep(result)
+    pytest.importorskip("matplotlib")
+    from bench.sweep import plot
+
+    plot(result, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

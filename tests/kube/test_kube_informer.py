@@ -266,3 +266,22 @@ async def test_a_store_that_fails_makes_run_fail_instead_of_serving_a_broken_cac
     apiserver.put(make_pod("web", ip="10.244.0.7"))
     with pytest.raises(KeyError):
         await asyncio.wait_for(task, 5)
+
+
+async def test_initial_list_is_read_in_pages_and_keeps_every_object(apiserver, api_client):
+    for n in range(23):
+        apiserver.put(make_pod(f"p{n:02d}", ip=f"10.244.0.{n + 10}"))
+    apiserver.put(make_pod("other-node", ip="10.244.1.1", node="node-2"))
+    index = PodIndex()
+    informer = pod_informer(api_client, index, list_page=10)
+    async with running(informer):
+        await informer.synced.wait()
+        assert sorted(p.name for p in (index.pod_by_name("default", f"p{n:02d}") for n in range(23)) if p) == [
+            f"p{n:02d}" for n in range(23)]
+        assert index.pod_by_name("default", "other-node") is None
+        lists = apiserver.requests_for("pods", "list")
+        assert [r.query.get("limit") for r in lists] == ["10", "10", "10"]
+        assert [r.query.get("continue") for r in lists] == [None, "10", "20"]
+        assert informer.resource_version == str(apiserver.state.resource_version)
+        apiserver.put(make_pod("late", ip="10.244.0.99"))  # the watch goes on from the list's snapshot
+        await eventually(lambda: index.pod_by_name("default", "late") is not None)
