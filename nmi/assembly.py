@@ -161,12 +161,24 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    if settings.node_startup_taint:
+        root_tasks["startup-taint"] = _startup_taint_task(settings, state, api_client, stack)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
                  root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+
+
+def _startup_taint_task(settings: Settings, state: DaemonState, api_client, stack: AsyncExitStack):
+    from .kube.nodes import KubeNodeTaints
+    from .startup_taint import remove_startup_taint
+
+    nodes = KubeNodeTaints(api_client)
+    stack.callback(nodes.close)
+    return functools.partial(remove_startup_taint, nodes, node=settings.node, key=settings.node_startup_taint,
+                             ready=lambda: state.ready)
 
 
 async def _final_flush(audit: AuditRecorder) -> None:
