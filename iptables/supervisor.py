@@ -2,6 +2,9 @@
 
 Unlike upstream NMI, an iptables failure is not fatal: the supervisor reports itself broken (on_state(False),
 which the daemon turns into "Not Active" and not-ready), retries with exponential backoff, and recovers.
+Only a stop request (the daemon's SIGTERM/SIGINT path) removes the chain. A supervisor that dies any other way
+(a bug, a failing conntrack, cancellation by a dying daemon) leaves the DNAT in place: pods then get connection
+refused from the dead nmi, never the node's IMDS with every identity on the node (fail closed).
 The backend is blocking, so every call runs in a worker thread; the event loop never waits on iptables.
 """
 
@@ -40,7 +43,8 @@ async def supervise(
     once, blocking, in a thread), on_state(False) whenever a check or repair fails and again before removal;
     only changes are reported. on_repair(reason) is called for every drift repaired after the first install.
     Failed checks are retried after retry_initial, doubling up to retry_max (default: interval).
-    IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor.
+    IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor and,
+    like cancellation, leaves the chain installed (fail closed). Only `stop` leads to removal.
     If removal still fails after `remove_attempts`, the last IptablesError is raised.
     """
     if interval <= 0:
@@ -77,9 +81,12 @@ async def supervise(
                 logger.warning("iptables check failed (attempt %d, retrying in %.1fs): %s", failures, delay, exc)
                 report(False)
             await _pause(stop, delay, sleep)
-    finally:
+    except BaseException:
         report(False)
-        await _remove_with_retries(backend, attempts=remove_attempts, sleep=sleep, pause=retry_initial)
+        logger.error("iptables supervisor ended without a stop request: the chain stays (fail closed)")
+        raise
+    report(False)
+    await _remove_with_retries(backend, attempts=remove_attempts, sleep=sleep, pause=retry_initial)
 
 
 def check_and_repair(backend: Backend, spec: ChainSpec) -> Plan:

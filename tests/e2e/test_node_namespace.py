@@ -107,7 +107,10 @@ def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_p
     assert "conntrack" in log_text and "eyJ" not in log_text
 
 
-def test_a_dying_root_task_stops_the_daemon_with_exit_1_and_no_chain_left(node, tmp_path):
+def test_a_dying_root_task_exits_1_and_leaves_the_chain_so_pods_are_refused_never_answered_by_imds(node, tmp_path):
+    """Fail closed (SPEC §7): conntrack deletion fails on purpose, which kills the iptables root task. The daemon
+    exits 1, the DNAT stays, and the pod's call to the metadata address is refused instead of reaching the node's
+    IMDS (which listens on 169.254.169.254:80 in this node namespace, holding every identity of the node)."""
     topo, kubeconfig, kubelet = node
     broken = tmp_path / "bin"
     broken.mkdir()
@@ -122,5 +125,8 @@ def test_a_dying_root_task_stops_the_daemon_with_exit_1_and_no_chain_left(node, 
     done = subprocess.run(["ip", "netns", "exec", topo.node.name, *argv], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "iptables" in done.stderr and "conntrack" in done.stderr
-    assert chain_lines(topo.node, "nft") == []
+    assert "iptables" in done.stderr and "conntrack" in done.stderr and "fail closed" in done.stderr
+    assert any("DNAT" in line for line in chain_lines(topo.node, "nft"))  # the redirect outlives the daemon
+    url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+    refused = topo.pods[0].ns.run(*curl_argv(url, max_time=3), check=False)
+    assert refused.returncode == 7 and refused.stdout.strip() == "000", refused  # connection refused, no answer

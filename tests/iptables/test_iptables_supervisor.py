@@ -141,23 +141,30 @@ async def test_removal_succeeds_after_transient_failures(backend, stop, sleep):
     assert not backend.state.has_chain(CHAIN)
 
 
-async def test_a_bug_ends_the_supervisor_but_still_removes_the_chain(backend, stop, sleep):
+async def test_a_bug_ends_the_supervisor_and_leaves_the_chain_in_place(backend, stop, sleep):
+    """Fail closed: a dying supervisor must not hand pods the node's IMDS by removing the DNAT."""
+    states: list[bool] = []
+
     def broken_after_install() -> None:
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError, match="bug"):
-        await run(backend, stop, sleep, after_install=broken_after_install)
-    assert not backend.state.has_chain(CHAIN)
+        await asyncio.wait_for(supervise(backend, SPEC, interval=60, on_state=states.append, stop=stop, sleep=sleep,
+                                         after_install=broken_after_install), timeout=5)
+    assert backend.installed(SPEC)
+    assert states == [False]  # never reported ready
 
 
-async def test_cancelling_the_supervisor_removes_the_chain(backend, stop):
-    task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=lambda ok: None, stop=stop))
+async def test_cancelling_the_supervisor_leaves_the_chain_in_place(backend, stop):
+    states: list[bool] = []
+    task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=states.append, stop=stop))
     while not backend.installed(SPEC):
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not backend.state.has_chain(CHAIN)
+    assert backend.installed(SPEC)
+    assert states[-1] is False
 
 
 async def test_non_positive_interval_is_refused(backend, stop):
