@@ -23,6 +23,7 @@ from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
 from .errors import NmiError
+from .explain import Explainer
 from .logs import log_access
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
@@ -47,6 +48,7 @@ class Parts:
     server_config: TokenServerConfig
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
     chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    explainer: Explainer | None = None  # /explain on the probe port
 
 
 class TokenObserver(AccessObserver):
@@ -165,7 +167,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                  observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
-                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None,
+                 explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
 
 
 async def _final_flush(audit: AuditRecorder) -> None:

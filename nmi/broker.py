@@ -69,6 +69,10 @@ class TokenBroker:
     def policy(self) -> BrokerPolicy:
         return self._policy
 
+    @property
+    def catalog(self) -> IdentityCatalog:
+        return self._catalog
+
     def decide(self, pod: PodInfo, request: TokenRequest) -> Decision:
         """The pure resolution step, from the caches, at the wall clock's now (also what `nmi explain` shows)."""
         return resolve(pod, request, self._catalog, managed=self._policy.mode == MANAGED,
