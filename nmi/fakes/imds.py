@@ -66,6 +66,7 @@ class FakeImds:
         self._faults: deque[Fault] = deque()
         self.calls: Counter[tuple[str, str]] = Counter()  # (client_id, resource) of answered token requests
         self.token_requests = 0  # every request on the token path, faults included
+        self.queries: list[dict[str, str]] = []  # the query of every request on the token path, in order
         self.request_times: list[float] = []  # clock() at arrival of each token request
         self.in_flight = 0
         self.max_in_flight = 0
@@ -97,6 +98,7 @@ class FakeImds:
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
+        self.queries.append(dict(request.query))
         self.request_times.append(self._clock())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
