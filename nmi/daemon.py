@@ -47,7 +47,9 @@ class Daemon:
                                                    proxy=parts.proxy, observer=parts.observer),
                                          access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS,
                                          keepalive_timeout=KEEPALIVE_SECONDS)
-            side_runners = [web.AppRunner(probe_app(self.state), access_log=None, keepalive_timeout=KEEPALIVE_SECONDS),
+            explain = parts.explainer.answer if parts.explainer else None
+            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None,
+                                          keepalive_timeout=KEEPALIVE_SECONDS),
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None,
                                           keepalive_timeout=KEEPALIVE_SECONDS)]
             for runner in (token_runner, *side_runners):
