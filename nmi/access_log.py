@@ -1,7 +1,7 @@
 """The access line: one line per token request, on a fast path while nmi's own log handler is installed.
 
 The fields, the secret scrubbing (`scrub_value` on the caller-supplied fields, as `SecretScrubber` does) and the
-escaping (`_text_fields` / `_json_line`, the same functions the formatters use) are those of nmi.logs; only the
+escaping (`_text_fields` / `json_line`, the same functions the formatters use) are those of nmi.logs; only the
 LogRecord machinery is skipped, which was a fifth of the event loop's time on the cached-token path.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .logs import (_ACCESS_CALLER_FIELDS, ACCESS_LOGGER, _json_line, _text_value, _timestamp, redact_client_id,
+from .logs import (_ACCESS_CALLER_FIELDS, ACCESS_LOGGER, json_line, _text_value, _timestamp, redact_client_id,
                    scrub_value)
 
 _current: "AccessWriter | None" = None  # the writer of the handler setup_logging installed last
@@ -63,7 +63,7 @@ class AccessWriter:
             entry = {"ts": created * 1000.0, "caller": _CALLER, "msg": "token request", "v": 0,
                      "time": _timestamp(created), "level": "INFO", "logger": ACCESS_LOGGER}
             entry.update(fields)
-            return _json_line(entry) + "\n"
+            return json_line(entry) + "\n"
         return (f"{_timestamp(created)} INFO {ACCESS_LOGGER}: token request pod={_text_value(fields['pod'])} "
                 f"identity={_text_value(fields['identity'])} resource={_text_value(fields['resource'])} "
                 f"status={fields['status']:d} cache_hit={'true' if fields['cache_hit'] else 'false'} "
