@@ -169,11 +169,11 @@ async def observed(request: web.Request, route: Route,
     return response
 
 async def token(request: web.Request) -> tuple[web.Response, Outcome, str]:
-    config = request.app[CONFIG]
+    app = request.app  # a property walk per access: once per request
     parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
-                                      metadata_required=config.metadata_header_required)
-    outcome = await request.app[BROKER].for_caller(caller_ip(request), parsed)
-    body = request.app[BODIES].render(outcome.grant.tokens, resource=parsed.resource, now=time.time())
+                                      metadata_required=app[CONFIG].metadata_header_required)
+    outcome = await app[BROKER].for_caller(caller_ip(request), parsed)
+    body = app[BODIES].render(outcome.grant.tokens, resource=parsed.resource, now=time.time())
     return json_response(body), outcome, parsed.resource
 
 async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:

@@ -139,7 +139,7 @@ class ClusterState:
     def subscribe(self, watcher: Watcher, since: int | None) -> None:
         """Register a watcher and queue what it missed since `since` (None: synthetic ADDED for all)."""
         if since is None:
-            for obj in self.list(watcher.plural, watcher.namespace, watcher.matches):
+            for obj in self.list(watcher.plural, watcher.namespace, watcher.matches)[0]:
                 watcher.queue.put_nowait(("event", {"type": "ADDED", "object": obj}))
         elif since < self.compacted_at:
             raise TooOld(since, self.compacted_at)
