@@ -12,7 +12,6 @@ import pytest
 
 from nmi.fakes.kubeobjects import make_binding, make_identity
 
-from tests.e2e.harness import BackgroundFakes
 from tests.faults.harness import (FaultyNmi, assert_documented, eventually, free_api_port, start_api,
                                   start_fakes, stop_api)
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
