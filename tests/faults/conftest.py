@@ -29,7 +29,7 @@ def shared_fakes():
 
 @pytest.fixture(scope="module")
 def running(shared_fakes, tmp_path_factory):
-    """One ready nmi (managed mode) for a module; tests use their own pod IPs and restore what they break."""
+    """One ready nmi (managed mode) per module; tests use their own pod IPs and restore what they break."""
     nmi = FaultyNmi(tmp_path_factory.mktemp("nmi"), shared_fakes, node=NODE, extra=MANAGED_FLAGS)
     nmi.start()
     yield nmi

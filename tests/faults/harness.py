@@ -20,6 +20,7 @@ T = TypeVar("T")
 # Answers nmi may give a pod besides 200 (SPEC §2), and which of them must carry Retry-After.
 DOCUMENTED_ERRORS = {400, 403, 404, 429, 500, 503}
 NEEDS_RETRY_AFTER = {429, 503}
+RECOVERY = 40.0  # informer backoff is capped at 30 s (+ jitter down): a bound on recovering by itself
 
 
 def eventually(predicate: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "") -> T:
@@ -135,3 +136,14 @@ def stop_api(fakes: BackgroundFakes) -> None:
     """The API server goes away mid-watch: streams are cut (no clean end), then the socket closes."""
     fakes.call(fakes.api.cut_watches)
     fakes.run(fakes.api._site.stop())
+
+
+WATCHED = ("pods", "azureidentities", "azureidentitybindings", "azurepodidentityexceptions")
+
+
+def settle(nmi, fakes) -> None:
+    """Wait (bounded) until every informer watches again and nmi is ready: a fault of one test must not
+    bleed into the next one's timings."""
+    eventually(lambda: all(fakes.call(lambda: fakes.api.open_watches(r)) >= 1 for r in WATCHED),
+               timeout=RECOVERY, what="every informer watching")
+    nmi.wait_ready(timeout=RECOVERY)

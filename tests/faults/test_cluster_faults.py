@@ -12,11 +12,10 @@ import pytest
 
 from nmi.fakes.kubeobjects import make_binding, make_identity
 
-from tests.faults.harness import (FaultyNmi, assert_documented, eventually, free_api_port, start_api,
-                                  start_fakes, stop_api)
+from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle,
+                                  start_api, start_fakes, stop_api)
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
 
-RECOVERY = 40.0  # informer backoff is capped at 30 s (+ jitter down): a bound on recovering by itself
 
 
 def watch_restarts(metrics: str) -> dict[str, float]:
@@ -27,17 +26,6 @@ def watch_restarts(metrics: str) -> dict[str, float]:
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
             totals[reason] = totals.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
-
-
-WATCHED = ("pods", "azureidentities", "azureidentitybindings", "azurepodidentityexceptions")
-
-
-def settle(nmi, fakes) -> None:
-    """Wait (bounded) until every informer watches again and nmi is ready: a fault of one test must not
-    bleed into the next one's timings."""
-    eventually(lambda: all(fakes.call(lambda: fakes.api.open_watches(r)) >= 1 for r in WATCHED),
-               timeout=RECOVERY, what="every informer watching")
-    nmi.wait_ready(timeout=RECOVERY)
 
 
 def client_id(nmi, source: str) -> str | None:
