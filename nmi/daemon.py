@@ -19,11 +19,12 @@ from aiohttp import web
 from . import __version__
 from .assembly import Parts, StartupError, assemble
 from .cli import Settings
-from .server import DaemonState, metrics_app, probe_app, token_app
+from .server import DRAIN, DaemonState, metrics_app, probe_app, token_app
 
 log = logging.getLogger("nmi")
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+DRAIN_ANSWER_MARGIN = 1.0  # before the drain ends, requests still in flight are answered 503
 LAST_RESORT_SECONDS = 20.0  # below the DaemonSet's 30 s termination grace period
 
 
@@ -38,9 +39,9 @@ class Daemon:
         self.state.chain_required = settings.manage_iptables
         async with AsyncExitStack() as stack:
             parts: Parts = await assemble(settings, state=self.state, stack=stack)
-            token_runner = web.AppRunner(token_app(parts.broker, config=parts.server_config, state=self.state,
-                                                   proxy=parts.proxy, observer=parts.observer),
-                                         access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
+            tokens = token_app(parts.broker, config=parts.server_config, state=self.state, proxy=parts.proxy,
+                               observer=parts.observer)
+            token_runner = web.AppRunner(tokens, access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
             side_runners = [web.AppRunner(probe_app(self.state), access_log=None),
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
             for runner in (token_runner, *side_runners):
@@ -60,7 +61,11 @@ class Daemon:
             self.stop.set()
             if chain is not None:  # 2. remove the chain (the supervisor does it on stop)
                 await _finish(chain)
-            await _cleanup_once(token_runner)  # 3. drain in-flight requests (bounded by shutdown_timeout)
+            # 3. drain in-flight requests; those still running near the end get 503 + Retry-After, never a reset
+            answer_now = asyncio.get_running_loop().call_later(SHUTDOWN_DRAIN_SECONDS - DRAIN_ANSWER_MARGIN,
+                                                               tokens[DRAIN].answer_all_now)
+            await _cleanup_once(token_runner)
+            answer_now.cancel()
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
