@@ -138,6 +138,9 @@ class FakeApiServer:
         """The next `count` matching requests get `status` (None: the connection is dropped)."""
         self._faults.append(_Fault(count, status, path_prefix, verb))
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     def count(self, resource: str, verb: str) -> int:
         return sum(1 for r in self.requests if r.resource == resource and r.verb == verb)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.harness import BackgroundFakes
-from tests.faults.harness import FaultyNmi, start_fakes
+from tests.faults.harness import REPORT, FaultyNmi, start_fakes
 from tests.faults.world import MANAGED_FLAGS, NODE, X, Y, base_objects
 
 
@@ -34,3 +34,10 @@ def running(shared_fakes, tmp_path_factory):
     nmi.start()
     yield nmi
     assert nmi.stop() == 0, nmi.log()[-3000:]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.write_sep("-", "chaos")
+        for line in REPORT:
+            terminalreporter.write_line(line)

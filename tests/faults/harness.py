@@ -20,6 +20,7 @@ T = TypeVar("T")
 # Answers nmi may give a pod besides 200 (SPEC §2), and which of them must carry Retry-After.
 DOCUMENTED_ERRORS = {400, 403, 404, 429, 500, 503}
 NEEDS_RETRY_AFTER = {429, 503}
+REPORT: list[str] = []  # lines for the terminal summary (conftest.py): the chaos test's counts by status
 RECOVERY = 40.0  # informer backoff is capped at 30 s (+ jitter down): a bound on recovering by itself
 
 

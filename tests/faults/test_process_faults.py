@@ -36,7 +36,7 @@ def test_sigterm_with_requests_in_flight_answers_each_completely_and_exits_0(fak
     nmi.start()
     assert eventually(lambda: nmi.token(source=POD_IP).status == 200, timeout=10)  # cached from now on
     # Five upstream calls in flight (IMDS's concurrency cap): two finish within the drain, three hang past it.
-    fakes.call(lambda: fakes.imds.fail_next(2, Fault(status=0, delay=1.5)))
+    fakes.call(lambda: fakes.imds.fail_next(2, Fault(status=0, delay=0.5)))
     fakes.call(lambda: fakes.imds.fail_next(30, Fault(status=0, delay=60)))  # retries hang too
     answers: dict[str, object] = {}
 
