@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
-from .audit import AuditRecorder
+from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
 from .cli import Settings
@@ -23,12 +23,16 @@ from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
 from .errors import NmiError
+from .explain import Explainer
 from .logs import log_access
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
+from .sp_credentials import CredentialPolicy
 from .tokens import TokenService, workload_owner_key
+from .window_reports import WindowErrorReporter
+from .workloads import WorkloadIndex
 
 log = logging.getLogger("nmi")
 
@@ -46,6 +50,7 @@ class Parts:
     server_config: TokenServerConfig
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
     chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    explainer: Explainer | None = None  # /explain on the probe port
 
 
 class TokenObserver(AccessObserver):
@@ -113,9 +118,12 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     pods = PodIndex(live.live_pods_for_ip, on_change=None)
     pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
     catalog = IdentityIndex()
+    managed = settings.operation_mode == MANAGED
+    workloads = None if managed else WorkloadIndex()  # the MIC check exists in standard mode only
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
-                               managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
+                               managed=managed, scale_features=settings.scale_features,
                                workload_identity=settings.workload_identity,
+                               mic_namespace=settings.mic_namespace, workloads=workloads,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
     secrets = KubeSecretReader(api_client)
@@ -128,7 +136,10 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                           metadata_port=settings.metadata_port,
                           observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter)
+                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+                          credential_policy=CredentialPolicy(
+                              allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
+                              cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
@@ -136,7 +147,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header,
         workload_identity=settings.workload_identity, workload_identity_tenant=settings.workload_identity_tenant_id,
         workload_identity_authority=settings.workload_identity_authority_host)
-    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, workloads=workloads)
     proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)
@@ -153,12 +164,19 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    warn = None
+    if audit is not None:
+        def warn(binding, message, audit=audit):
+            audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
+    reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
+    root_tasks["binding-window-errors"] = functools.partial(_report_window_errors, catalog, reporter)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
-                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None,
+                 explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
 
 
 async def _final_flush(audit: AuditRecorder) -> None:
@@ -187,6 +205,16 @@ async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None
         tokens.forget(keys)
 
 
+async def _report_window_errors(catalog: IdentityIndex, reporter: WindowErrorReporter) -> None:
+    """Malformed active-windows annotations, reviewed only when a binding changed (not per request)."""
+    seen = -1
+    while True:
+        if catalog.bindings_generation != seen:
+            seen = catalog.bindings_generation
+            reporter.review(catalog.binding_store.all())
+        await catalog.wait_changed(timeout=3600)
+
+
 def _node_problem(settings: Settings) -> str | None:
     from iptables.node import check_kubenet, check_route_localnet
 
@@ -203,7 +231,7 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack
     from iptables.rules import ChainSpec
-    from iptables.supervisor import supervise
+    from iptables.supervisor import REJECT, REMOVE, supervise
 
     try:
         backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
@@ -221,8 +249,10 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
         log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
 
     async def run(stop: asyncio.Event) -> None:
+        # `stop` is set on SIGTERM/SIGINT only: then the reject with --fail-closed, else remove everything
+        # (upstream). A dying root task cancels the supervisor instead, which leaves the DNAT.
         await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
-                        on_repair=metrics.iptables_repaired,
+                        on_repair=metrics.iptables_repaired, on_stop=REJECT if settings.fail_closed else REMOVE,
                         after_install=conntrack if settings.conntrack_deletion else None)
 
     return run

@@ -1,7 +1,9 @@
 """The composition root and supervisor: builds every part from Settings, runs the named root tasks, and shuts
 down in a fixed order on SIGTERM/SIGINT (stop accepting -> remove the chain -> drain -> exit).
 
-If any root task dies the daemon stops (exit 1) and Kubernetes restarts it.
+If any root task dies (an informer's thread, the iptables supervisor, conntrack deletion...) the daemon stops
+accepting, drains, and exits 1 *leaving the chain in place*: pods then get connection refused until the next nmi,
+never the node's IMDS (fail closed, SPEC §7). Only SIGTERM/SIGINT remove the chain.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Daemon:
             tokens = token_app(parts.broker, config=parts.server_config, state=self.state, proxy=parts.proxy,
                                observer=parts.observer)
             token_runner = web.AppRunner(tokens, access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
-            side_runners = [web.AppRunner(probe_app(self.state), access_log=None),
+            explain = parts.explainer.answer if parts.explainer else None
+            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None),
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
             for runner in (token_runner, *side_runners):
                 await runner.setup()
@@ -58,9 +61,15 @@ class Daemon:
             self.state.shutting_down = True
             log.info("shutting down%s", f": root task {died.get_name()} ended" if died else "")
             await token_site.stop()  # 1. stop accepting
-            self.stop.set()
-            if chain is not None:  # 2. remove the chain (the supervisor does it on stop)
-                await _finish(chain)
+            if died is None:  # 2. SIGTERM/SIGINT: remove the chain (the supervisor does it on stop)
+                self.stop.set()
+                if chain is not None:
+                    await _finish(chain)
+            elif chain is not None:  # 2'. a death: the supervisor, cancelled or dead, leaves the chain
+                chain.cancel()
+                await asyncio.gather(chain, return_exceptions=True)
+                log.error("root task %s ended: exiting with the aad-metadata chain left in place (fail closed)",
+                          died.get_name())
             # 3. drain in-flight requests; those still running near the end get 503 + Retry-After, never a reset
             answer_now = asyncio.get_running_loop().call_later(SHUTDOWN_DRAIN_SECONDS - DRAIN_ANSWER_MARGIN,
                                                                tokens[DRAIN].answer_all_now)
@@ -139,6 +148,8 @@ def run(settings: Settings) -> int:
     from .logs import setup_logging
 
     setup_logging(log_format=settings.log_format, verbosity=settings.verbosity)
+    for warning in settings.flag_warnings:
+        log.warning("%s", warning)
     try:
         return asyncio.run(serve(settings))
     except StartupError as exc:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from .windows import ActiveWindows
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -39,7 +42,8 @@ class PodInfo:
     ip: str
     phase: str = "Running"
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
-    replicaset: str = ""  # name of the first ReplicaSet owner, "" if none
+    replicaset: str = ""  # name of the ReplicaSet owner (the controller one if marked), "" if none
+    replicaset_uid: str = ""  # that owner reference's UID: the MIC check follows UIDs, never names alone
     deleting: bool = False  # metadata.deletionTimestamp is set
     host_network: bool = False
     service_account: str = "default"
@@ -63,9 +67,44 @@ class PodInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Workload:
+    """A ReplicaSet or Deployment as far as the MIC check cares: who it is (UID) and who controls it."""
+
+    namespace: str
+    name: str
+    uid: str
+    owner_kind: str = ""  # the controlling owner reference ("" if none)
+    owner_name: str = ""
+    owner_uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     namespace: str
     name: str
+
+
+class SecretData(Mapping[str, bytes]):
+    """A Secret's decoded data, and the resourceVersion it was read at (credentials are parsed once per version).
+    Compares equal to a plain dict of the same data; its repr never shows the content."""
+
+    __slots__ = ("_data", "resource_version")
+
+    def __init__(self, data: Mapping[str, bytes], resource_version: str = "") -> None:
+        self._data = dict(data)
+        self.resource_version = resource_version
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"SecretData(keys={sorted(self._data)}, resource_version={self.resource_version!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +161,10 @@ class Binding:
     identity_name: str  # spec.azureIdentity
     selector: str  # matched against the pod label aadpodidbinding
     weight: int = 0
+    # aadpodidentity.k8s.io/active-windows, parsed once per binding version: None means always active; a
+    # malformed annotation leaves None here and the reason in `windows_error` (never active).
+    windows: ActiveWindows | None = None
+    windows_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +180,8 @@ class AssignedIdentity:
     identity: Identity | None
     binding_name: str = ""
     binding_weight: int = 0
+    binding_namespace: str = ""  # azureBindingRef.metadata.namespace ("" when MIC did not write it)
+    binding: Binding | None = None  # MIC's copy of the binding, used when the binding itself is gone
 
 
 @dataclass(frozen=True, slots=True)

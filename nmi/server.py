@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from . import imds
+from . import __version__, imds
 from .broker import Outcome, TokenBroker
-from .errors import BadRequest, Forbidden, NmiError, Unavailable
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError, Unavailable
 from .imds import Route
 from .proxy import ImdsProxy
 
@@ -99,8 +100,12 @@ def caller_ip(request: web.Request) -> str:
         address = address.ipv4_mapped
     return str(address)
 
+# On every answer nmi gives itself (not on IMDS answers it proxies): how `nmi doctor` tells nmi from IMDS.
+SERVER_HEADER = {"Server": f"nmi/{__version__}"}
+
 def json_response(body: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+    return web.Response(text=body, status=status, content_type="application/json",
+                        headers={**SERVER_HEADER, **headers} if headers else SERVER_HEADER)
 
 def error_response(error: NmiError) -> web.Response:
     return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))
@@ -111,15 +116,35 @@ async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Reque
         return await handler(request)
     except NmiError as error:
         return error_response(error)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:  # aiohttp's own refusals (e.g. 404 for `OPTIONS *`) get IMDS JSON too
+        if exc.status < 400:
+            raise
+        return error_response(http_error(exc.status, exc.reason))
     except Exception:  # a bug: answer, log with traceback, keep serving
         log.exception("internal error handling %s %s", request.method, request.path)
         return error_response(NmiError("Internal error; see the nmi log"))
 
+def http_error(status: int, reason: str) -> NmiError:
+    error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
+    error.status = status
+    return error
+
+
+async def expect_only_continue(request: web.Request) -> web.Response | None:
+    """aiohttp's default expect handler, except that an unknown `Expect` gets IMDS JSON (the default answers
+    a text 417 before any middleware runs)."""
+    if request.version != web.HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(http_error(417, "Only Expect: 100-continue is understood"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's default does: the interim answer is not the response
+    return None
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    path = imds.normalise_path(request.raw_path)
+    path = imds.canonical_path(request.raw_path)
     route = imds.route_for(path, block_instance_metadata=config.block_instance_metadata)
     if route is Route.TOKEN:
         return await observed(request, route, token)
@@ -130,6 +155,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if route is Route.INSTANCE_BLOCKED:
         raise Forbidden("Request blocked by AAD Pod Identity NMI")
     imds.check_common(request.method, request.headers, metadata_required=config.metadata_header_required)
+    imds.check_proxyable(path)
     return await request.app[PROXY].forward(request, path)
 
 async def observed(request: web.Request, route: Route,
@@ -193,10 +219,13 @@ def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonSt
     app[PROXY] = proxy
     app[OBSERVER] = observer or AccessObserver()
     app[DRAIN] = Drain()
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 
-def probe_app(state: DaemonState) -> web.Application:
+Explain = Callable[[Mapping[str, str]], dict[str, Any]]
+
+
+def probe_app(state: DaemonState, *, explain: Explain | None = None) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="Active" if state.active else "Not Active")
 
@@ -208,7 +237,40 @@ def probe_app(state: DaemonState) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/healthz", healthz)
     app.router.add_route("*", "/readyz", readyz)
+    if explain is not None:
+        app.router.add_route("*", "/explain", _explain_handler(explain))
     return app
+
+
+EXPLAIN_PARAMETERS = ("namespace", "pod", "resource", "client_id", "msi_res_id", "mi_res_id")
+
+
+def _explain_handler(explain: Explain):
+    """The probe port listens on every address (the kubelet probes it): only callers on the node's loopback may
+    ask, since the answer describes other pods' identities."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            if not ipaddress.ip_address(caller_ip(request) or "0.0.0.0").is_loopback:
+                raise Forbidden("/explain is only served to callers on the node's loopback address")
+            if request.method != "GET":
+                raise MethodNotAllowed("/explain accepts GET only")
+            query: dict[str, str] = {}
+            for key, value in imds.parse_query(request.query_string):
+                if key in query or key not in EXPLAIN_PARAMETERS:
+                    raise BadRequest(f"query parameter {key[:64]!r} is repeated or unknown")
+                query[key] = value.strip()
+            if not query.get("namespace") or not query.get("pod"):
+                raise BadRequest("namespace and pod are required")
+            report = explain(query)
+        except NmiError as error:
+            return error_response(error)
+        except Exception:  # a bug: answer, log with traceback, keep serving
+            log.exception("internal error handling /explain")
+            return error_response(NmiError("Internal error; see the nmi log"))
+        return json_response(json.dumps(report, indent=1, sort_keys=True))
+
+    return handler
 
 def metrics_app(render: Callable[[], tuple[bytes, str]]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:

@@ -23,7 +23,10 @@ from ..model import (
     PodInfo,
     SecretRef,
     ServiceAccount,
+    Workload,
 )
+from ..windows import ANNOTATION as ACTIVE_WINDOWS_ANNOTATION
+from ..windows import WindowSyntaxError, parse_windows
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,11 @@ def project_service_account(raw: Any) -> ServiceAccount | None:
     return _guard("ServiceAccount", raw, _service_account)
 
 
+def project_workload(raw: Any) -> Workload | None:
+    """A ReplicaSet or Deployment (apps/v1): its UID and its controlling owner."""
+    return _guard("workload", raw, _workload)
+
+
 def _guard(kind: str, raw: Any, projector):
     try:
         return projector(raw)
@@ -81,14 +89,7 @@ def _pod(raw: Any) -> PodInfo:
     meta = _mapping(raw, "metadata")
     spec = _mapping(raw, "spec", required=False)
     status = _mapping(raw, "status", required=False)
-    owner = ""
-    refs = meta.get("ownerReferences") or []
-    if not isinstance(refs, list):
-        raise Malformed("metadata.ownerReferences is not a list")
-    for ref in refs:
-        if isinstance(ref, Mapping) and str(ref.get("kind", "")).lower() == "replicaset":
-            owner = str(ref.get("name", ""))
-            break
+    owner = _owner(meta, "replicaset")
     return PodInfo(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
@@ -96,11 +97,36 @@ def _pod(raw: Any) -> PodInfo:
         ip=_str(status, "podIP"),
         phase=_str(status, "phase") or "Pending",
         labels=_labels(meta, "labels"),
-        replicaset=owner,
+        replicaset=str(owner.get("name", "")),
+        replicaset_uid=str(owner.get("uid", "")),
         deleting=meta.get("deletionTimestamp") is not None,
         host_network=spec.get("hostNetwork") is True,
         service_account=_str(spec, "serviceAccountName") or "default",
         resource_version=_str(meta, "resourceVersion"),
+    )
+
+
+def _owner(meta: Mapping[str, Any], kind: str | None) -> Mapping[str, Any]:
+    """The owner reference of this kind (any kind with None): the controller one if any is marked, else the first."""
+    refs = meta.get("ownerReferences") or []
+    if not isinstance(refs, list):
+        raise Malformed("metadata.ownerReferences is not a list")
+    candidates = [ref for ref in refs if isinstance(ref, Mapping)
+                  and (kind is None or str(ref.get("kind", "")).lower() == kind)]
+    controllers = [ref for ref in candidates if ref.get("controller") is True]
+    return (controllers or candidates or [EMPTY])[0]
+
+
+def _workload(raw: Any) -> Workload:
+    meta = _mapping(raw, "metadata")
+    owner = _owner(meta, None)
+    return Workload(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        uid=_str(meta, "uid"),
+        owner_kind=str(owner.get("kind", "")),
+        owner_name=str(owner.get("name", "")),
+        owner_uid=str(owner.get("uid", "")),
     )
 
 
@@ -147,13 +173,31 @@ def _identity(raw: Any) -> Identity:
 def _binding(raw: Any) -> Binding:
     meta = _mapping(raw, "metadata")
     spec = _mapping(raw, "spec", required=False)
+    windows, windows_error = _active_windows(meta)
     return Binding(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
         identity_name=_str(spec, "azureIdentity"),
         selector=_str(spec, "selector"),
         weight=_weight(spec.get("weight")),
+        windows=windows,
+        windows_error=windows_error,
     )
+
+
+def _active_windows(meta: Mapping[str, Any]):
+    """Parsed here, once per binding version; a malformed annotation keeps the binding (inactive, with the
+    reason) so resolution can refuse its pods with a 403 rather than forget them."""
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, Mapping) or ACTIVE_WINDOWS_ANNOTATION not in annotations:
+        return None, ""
+    text = annotations[ACTIVE_WINDOWS_ANNOTATION]
+    if not isinstance(text, str):
+        return None, "not a string"
+    try:
+        return parse_windows(text), ""
+    except WindowSyntaxError as exc:
+        return None, str(exc)
 
 
 def _assigned(raw: Any) -> AssignedIdentity:
@@ -164,6 +208,11 @@ def _assigned(raw: Any) -> AssignedIdentity:
     identity = _identity(embedded) if isinstance(embedded, Mapping) else None
     binding = spec.get("azureBindingRef")
     binding = binding if isinstance(binding, Mapping) else {}
+    binding_meta = _mapping(binding, "metadata", required=False)
+    try:
+        embedded = _binding(binding) if binding_meta.get("name") and binding_meta.get("namespace") else None
+    except Malformed:
+        embedded = None
     return AssignedIdentity(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
@@ -172,8 +221,10 @@ def _assigned(raw: Any) -> AssignedIdentity:
         node=_str(spec, "nodename"),
         status=_str(status, "status"),
         identity=identity,
-        binding_name=_str(_mapping(binding, "metadata", required=False), "name"),
+        binding_name=_str(binding_meta, "name"),
         binding_weight=_weight(_mapping(binding, "spec", required=False).get("weight")),
+        binding_namespace=_str(binding_meta, "namespace"),
+        binding=embedded,
     )
 
 

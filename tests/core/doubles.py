@@ -40,6 +40,9 @@ class Catalog:
     def bindings(self, namespace):
         return [b for b in self.bound if namespace is None or b.namespace == namespace]
 
+    def binding(self, namespace, name):
+        return next((b for b in self.bound if b.namespace == namespace and b.name == name), None)
+
     def identities(self, namespace):
         return [i for i in self.ids if i.namespace == namespace]
 
@@ -77,8 +80,9 @@ class Tokens:
             raise self.fail_with
         return TokenGrant((self._token(identity.client_id, resource),))
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        self.calls.append(("node:" + (client_id or resource_id or "system"), resource))
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        self.calls.append(("node:" + (client_id or resource_id or object_id or "system"), resource))
         return TokenGrant((self._token(client_id or "node-system", resource),))
 
     def forget(self, keep_identity_keys: set[str]) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nmi.demo import world
-from nmi.demo.netns import Topology, curl_argv, netns_unavailable
+from nmi.demo.netns import curl_argv, netns_unavailable
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 
@@ -27,28 +27,11 @@ def chain_lines(node, backend: str) -> list[str]:
     return [line for line in out.splitlines() if "aad-metadata" in line and not line.startswith(":")]
 
 
-@pytest.fixture
-def node(tmp_path):
-    with Topology(pods=1) as topo:
-        topo.node.run("ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
-        kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
-        kubelet.write_text("")
-        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
-                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig),
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            assert "ready" in fakes.stdout.readline()
-            yield topo, kubeconfig, kubelet
-        finally:
-            fakes.terminate()
-            fakes.wait(10)
-
-
-def start_nmi(topo, kubeconfig, kubelet, backend, log):
+def start_nmi(topo, kubeconfig, kubelet, backend, log, extra=()):
     argv = [sys.executable, "-m", "nmi", f"--node={world.NODE}", "--operation-mode=managed", "--forceNamespaced",
             f"--nmi-listen-address={topo.node_ip}", "--http-probe-port=8085", "--prometheus-port=9090",
             f"--kubeconfig={kubeconfig}", f"--kubelet-config={kubelet}", "--ipt-update-interval-sec=1",
-            f"--iptables-backend={backend}", "--enable-conntrack-deletion"]
+            f"--iptables-backend={backend}", "--enable-conntrack-deletion", *extra]
     proc = topo.node.popen(*argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -113,7 +96,10 @@ def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_p
     assert "conntrack" in log_text and "eyJ" not in log_text
 
 
-def test_a_dying_root_task_stops_the_daemon_with_exit_1_and_no_chain_left(node, tmp_path):
+def test_a_dying_root_task_exits_1_and_leaves_the_chain_so_pods_are_refused_never_answered_by_imds(node, tmp_path):
+    """Fail closed (SPEC §7): conntrack deletion fails on purpose, which kills the iptables root task. The daemon
+    exits 1, the DNAT stays, and the pod's call to the metadata address is refused instead of reaching the node's
+    IMDS (which listens on 169.254.169.254:80 in this node namespace, holding every identity of the node)."""
     topo, kubeconfig, kubelet = node
     broken = tmp_path / "bin"
     broken.mkdir()
@@ -128,5 +114,8 @@ def test_a_dying_root_task_stops_the_daemon_with_exit_1_and_no_chain_left(node, 
     done = subprocess.run(["ip", "netns", "exec", topo.node.name, *argv], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "iptables" in done.stderr and "conntrack" in done.stderr
-    assert chain_lines(topo.node, "nft") == []
+    assert "iptables" in done.stderr and "conntrack" in done.stderr and "fail closed" in done.stderr
+    assert any("DNAT" in line for line in chain_lines(topo.node, "nft"))  # the redirect outlives the daemon
+    url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+    refused = topo.pods[0].ns.run(*curl_argv(url, max_time=3), check=False)
+    assert refused.returncode == 7 and refused.stdout.strip() == "000", refused  # connection refused, no answer
