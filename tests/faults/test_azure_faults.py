@@ -22,7 +22,7 @@ from nmi.fakes.imds import Fault, FakeImds, VmIdentity
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 from nmi.tokens import TokenService
 
-from tests.tokens.conftest import DictSecretReader
+from tests.tokens.conftest import LOOPBACK_AUTHORITY, DictSecretReader
 
 ARM = "https://management.azure.com/"
 BUDGET, ATTEMPT = 1.0, 0.4
@@ -62,7 +62,8 @@ async def service(imds) -> AsyncIterator[TokenService]:
     secrets = DictSecretReader()
     secrets.put("faults", "sp-secret", {"clientSecret": SECRET.encode()})
     made = TokenService(secrets, metadata_ip="127.0.0.1", metadata_port=imds.port, retry_budget=BUDGET,
-                        max_attempts=4, retry_base_delay=0.05, attempt_timeout=ATTEMPT)
+                        max_attempts=4, retry_base_delay=0.05, attempt_timeout=ATTEMPT,
+                        credential_policy=LOOPBACK_AUTHORITY)
     try:
         yield made
     finally:

@@ -198,7 +198,8 @@ def test_chaos_invariant_holds_for_every_answer_and_nmi_converges(fakes, tmp_pat
     for ip in PODS:
         bindings.switch(ip, SELECTORS[schedule.labels[ip]])
         fakes.put(pod(f"chaos-{ip.rsplit('.', 1)[1]}", ip, schedule.labels[ip]))
-    nmi = FaultyNmi(tmp_path, fakes, node=NODE, extra=MANAGED_FLAGS, env={"REQUESTS_CA_BUNDLE": str(ca)})
+    nmi = FaultyNmi(tmp_path, fakes, node=NODE, extra=[*MANAGED_FLAGS, "--allowed-authority-hosts=127.0.0.1"],
+                    env={"REQUESTS_CA_BUNDLE": str(ca)})
     nmi.start()
     tally = Tally()
     stop = threading.Event()

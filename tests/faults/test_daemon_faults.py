@@ -1,5 +1,7 @@
 """Cluster faults against the real nmi process (issue 11 item 1): the API server down at start, restarting
-mid-watch, streams cut, repeated 410s, slow lists, an idle watch, objects deleted while cached, IP reuse.
+mid-watch, streams cut, repeated 410s, slow lists, an idle watch, objects deleted while cached, IP reuse. And,
+on the same process, Azure faults (item 2): cached tokens served through an IMDS outage, failures documented,
+no fds, sockets or threads growing per failed call (measured in /proc/<pid> before and after).
 
 Every answer a pod gets is checked: a 200 names the identity the pod is bound to, anything else is documented
 IMDS JSON (Retry-After on 503). Recovery is awaited with a bound, never assumed after a sleep."""
@@ -7,15 +9,16 @@ IMDS JSON (Retry-After on 503). Recovery is awaited with a bound, never assumed 
 from __future__ import annotations
 
 import time
+from urllib.parse import urlencode
 
 import pytest
 
+from nmi.fakes.imds import Fault
 from nmi.fakes.kubeobjects import make_binding, make_identity
 
 from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle,
                                   start_api, start_fakes, stop_api)
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
-
 
 
 def watch_restarts(metrics: str) -> dict[str, float]:
@@ -99,6 +102,55 @@ def test_a_relabelled_pod_never_gets_its_old_identity_while_the_watch_is_broken(
     finally:
         nmi.stop()
 
+
+# -- Azure faults in the daemon (issue 11 item 2) ---------------------------------------------------------
+
+POD_IP = "127.0.0.61"
+CACHED, UNCACHED = "https://vault.azure.net", "https://storage.azure.com/"
+
+
+def ask(nmi, resource: str):
+    return nmi.get("/metadata/identity/oauth2/token?" + urlencode({"api-version": "2018-02-01", "resource": resource}),
+                   source=POD_IP, headers={"Metadata": "true"}, timeout=20)
+
+
+def test_cached_tokens_survive_an_imds_outage_and_failures_leak_nothing(running, shared_fakes):
+    nmi, fakes = running, shared_fakes
+    settle(nmi, fakes)
+    fakes.put(pod("azure-faults", POD_IP, "x"))
+    first = eventually(lambda: (a := ask(nmi, CACHED)).status == 200 and a, timeout=10)
+    assert first.json["client_id"] == X.client_id
+
+    outages = [Fault(500, retry_after="30"), Fault(503, text="<html>down</html>", retry_after="30"),
+               Fault(429, retry_after="30"), Fault(200, text='{"access_token": "eyJ')]
+
+    def failing_round() -> None:
+        for fault in outages:
+            fakes.call(lambda: fakes.imds.fail_next(1, fault))
+            answer = ask(nmi, UNCACHED)
+            assert answer.status == (429 if fault.status == 429 else 503), answer.body
+            assert_documented(answer)
+            if fault.retry_after:
+                assert answer.headers["Retry-After"] == fault.retry_after
+            cached = ask(nmi, CACHED)  # the cache is not touched by the outage
+            assert cached.status == 200 and cached.json["access_token"] == first.json["access_token"]
+
+    for _ in range(3):  # warm-up: worker threads and pooled connections are made on first use
+        failing_round()
+    before = nmi.stats()
+    for _ in range(10):
+        failing_round()
+    after = nmi.stats()
+    assert after.fds <= before.fds + 2 and after.sockets <= before.sockets + 2, (before, after)
+    assert after.threads <= before.threads + 1, (before, after)
+
+    # A connection reset once is retried; after the outage the uncached resource is fetched again.
+    fakes.call(lambda: fakes.imds.fail_next(1, Fault(reset=True)))
+    recovered = ask(nmi, UNCACHED)
+    assert recovered.status == 200 and recovered.json["client_id"] == X.client_id
+
+
+# -- back to the cluster: the disruptive faults come last, each test settles first ----------------------------
 
 def test_an_idle_healthy_watch_is_not_mistaken_for_a_broken_one(running, shared_fakes):
     nmi, fakes = running, shared_fakes
