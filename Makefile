@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what they need first (Debian packages, .venv).
-.PHONY: demo test bench bench-sweep
+.PHONY: demo test bench bench-sweep soak
 
 demo:
 	@bash scripts/bootstrap.sh
@@ -18,3 +18,9 @@ bench-sweep:
 	@bash scripts/bootstrap.sh
 	@.venv/bin/pip install -q -e '.[bench]'
 	@.venv/bin/python -m bench.sweep --png docs/performance.png --json docs/performance-sweep.json
+
+# nmi under steady load and recurring faults; 30 minutes unless SOAK_SECONDS says otherwise. Stops by itself.
+soak:
+	@bash scripts/bootstrap.sh
+	@.venv/bin/python -m pip install -q -e '.[bench]'
+	@.venv/bin/python -m bench.soak --seconds $${SOAK_SECONDS:-1800} $(if $(SOAK_OUT),--out $(SOAK_OUT),)
