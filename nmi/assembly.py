@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
+from .credential_loader import ParserProcess
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
 from .cli import Settings
@@ -25,6 +26,7 @@ from .kube.watches import node_informers
 from .errors import NmiError
 from .explain import Explainer
 from .logs import log_access
+from .loop_lag import watch_loop_lag
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
@@ -141,6 +143,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                               allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
                               cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
+    # A PKCS#12 parse still running must not hold the exit (the pool's exit handler would wait for it).
+    stack.callback(ParserProcess.kill)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
         wait_for_created=float(settings.retry_attempts_for_created * settings.find_identity_retry_interval),
@@ -164,6 +168,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
     if audit is not None:
         def warn(binding, message, audit=audit):
