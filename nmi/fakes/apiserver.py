@@ -129,6 +129,10 @@ class FakeApiServer:
         """The next `count` matching requests get `status` (None: the connection is dropped)."""
         self._faults.append(_Fault(count, status, path_prefix, verb))
 
+    def clear_faults(self) -> None:
+        """Ends every injected fault (an outage that lasts until the test says so: `fail_next(10**6, ...)`)."""
+        self._faults.clear()
+
     def count(self, resource: str, verb: str) -> int:
         return sum(1 for r in self.requests if r.resource == resource and r.verb == verb)
 
