@@ -29,7 +29,9 @@ from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
+from .sp_credentials import CredentialPolicy
 from .tokens import TokenService, workload_owner_key
+from .workloads import WorkloadIndex
 
 log = logging.getLogger("nmi")
 
@@ -116,9 +118,12 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     pods = PodIndex(live.live_pods_for_ip, on_change=None, health=health)
     pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
     catalog = IdentityIndex()
+    managed = settings.operation_mode == MANAGED
+    workloads = None if managed else WorkloadIndex()  # the MIC check exists in standard mode only
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
-                               managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
+                               managed=managed, scale_features=settings.scale_features,
                                workload_identity=settings.workload_identity, health=health,
+                               mic_namespace=settings.mic_namespace, workloads=workloads,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
     secrets = KubeSecretReader(api_client)
@@ -131,7 +136,10 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                           metadata_port=settings.metadata_port,
                           observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter)
+                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+                          credential_policy=CredentialPolicy(
+                              allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
+                              cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
@@ -139,7 +147,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header,
         workload_identity=settings.workload_identity, workload_identity_tenant=settings.workload_identity_tenant_id,
         workload_identity_authority=settings.workload_identity_authority_host)
-    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, caches=health)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, workloads=workloads,
+                         caches=health)
     proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)
@@ -206,7 +215,7 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack
     from iptables.rules import ChainSpec
-    from iptables.supervisor import supervise
+    from iptables.supervisor import REJECT, REMOVE, supervise
 
     try:
         backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
@@ -224,8 +233,10 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
         log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
 
     async def run(stop: asyncio.Event) -> None:
+        # `stop` is set on SIGTERM/SIGINT only: then the reject with --fail-closed, else remove everything
+        # (upstream). A dying root task cancels the supervisor instead, which leaves the DNAT.
         await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
-                        on_repair=metrics.iptables_repaired,
+                        on_repair=metrics.iptables_repaired, on_stop=REJECT if settings.fail_closed else REMOVE,
                         after_install=conntrack if settings.conntrack_deletion else None)
 
     return run

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
-from . import __version__
+from . import __version__, klog_flags
 
 MODES = ("standard", "managed")
 
@@ -46,11 +47,16 @@ class Settings:
     custom_user_agent: str = ""
     # nmi's own flags (no upstream equivalent)
     manage_iptables: bool = True
+    fail_closed: bool = False
     iptables_backend: str = "auto"
     audit_events: bool = True
     workload_identity: bool = False
     workload_identity_tenant_id: str = ""
     workload_identity_authority_host: str = "https://login.microsoftonline.com/"
+    allow_cross_namespace_secrets: bool = False
+    allowed_authority_hosts: tuple[str, ...] = ()
+    # One line per accepted upstream flag that changes nothing here (klog_flags); logged once logging is set up.
+    flag_warnings: tuple[str, ...] = ()
 
     @property
     def dnat_target(self) -> str:
@@ -68,23 +74,6 @@ class UsageError(Exception):
 
 class VersionRequested(Exception):
     pass
-
-
-# Upstream flags nmi deliberately does not provide, with the reason given to the operator.
-REFUSED = {
-    "enableProfile": "profiling endpoints are not provided by nmi",
-    "vmodule": "per-module verbosity is not supported; use -v",
-    "log_dir": "nmi logs to stderr only",
-    "log_file": "nmi logs to stderr only",
-    "log_file_max_size": "nmi logs to stderr only",
-    "alsologtostderr": "nmi logs to stderr only",
-    "skip_headers": "not supported; use --log-format=json for machine-readable logs",
-    "skip_log_headers": "not supported; use --log-format=json for machine-readable logs",
-    "add_dir_header": "not supported",
-    "one_output": "not supported",
-    "stderrthreshold": "not supported",
-    "log_backtrace_at": "not supported",
-}
 
 
 def parse_bool(text: str) -> bool:
@@ -132,6 +121,29 @@ def parse_https_url(text: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP addresses, no scheme, port or path (`login.example,127.0.0.1`)."""
+    hosts = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        if not _HOST.match(item) and not _is_ip(item):
+            raise ValueError(f"{item!r} is not a host name (give hosts only, without https:// or a port)")
+        hosts.append(item)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def choice(*allowed: str):
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -159,7 +171,8 @@ def _typed(parse, flag: str):
 
 
 def _build_parser() -> _Parser:
-    p = _Parser(prog="nmi", description="Node-level Azure token broker (drop-in for aad-pod-identity NMI)", allow_abbrev=False)
+    p = _Parser(prog="nmi", description="Node-level Azure token broker (drop-in for aad-pod-identity NMI)",
+                epilog=klog_flags.help_epilog(), allow_abbrev=False)
 
     metavars = {parse_port: "PORT", parse_ip: "IP", parse_positive: "N", parse_non_negative: "N"}
 
@@ -196,8 +209,9 @@ def _build_parser() -> _Parser:
     flag("v", "verbosity", parse_non_negative, 0, "log verbosity")
     flag("kubeconfig", "kubeconfig", str, "", "kubeconfig file (default: $KUBECONFIG, then in-cluster)")
     flag("custom-user-agent", "custom_user_agent", str, "", "appended to the Kubernetes client User-Agent")
-    switch("logtostderr", "logtostderr", True, "accepted for compatibility; nmi always logs to stderr")
     switch("manage-iptables", "manage_iptables", True, "install and supervise the aad-metadata chain")
+    switch("fail-closed", "fail_closed", False,
+           "on SIGTERM/SIGINT swap the DNAT for a reject of pod TCP to the metadata address (instead of removing it)")
     flag("iptables-backend", "iptables_backend", choice("auto", "legacy", "nft"), "auto", "auto, legacy or nft")
     switch("audit-events", "audit_events", True, "record token issuance as Events on the AzureIdentityBinding")
     switch("workload-identity", "workload_identity", False,
@@ -206,6 +220,10 @@ def _build_parser() -> _Parser:
          "tenant when the ServiceAccount has no azure.workload.identity/tenant-id annotation")
     flag("workload-identity-authority-host", "workload_identity_authority_host", parse_https_url,
          "https://login.microsoftonline.com/", "Azure AD authority host for workload identity federation")
+    switch("allow-cross-namespace-secrets", "allow_cross_namespace_secrets", False,
+           "let an AzureIdentity's clientPassword name a Secret of another namespace (upstream behaviour)")
+    flag("allowed-authority-hosts", "allowed_authority_hosts", parse_hosts, (),
+         "comma-separated Azure AD authority hosts trusted besides the Azure clouds' (for adEndpoint)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -220,31 +238,21 @@ def _normalise(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _refused(argv: Sequence[str]) -> str | None:
-    for arg in argv:
-        if arg.startswith("--"):
-            name = arg[2:].split("=", 1)[0]
-            if name in REFUSED:
-                return f"flag --{name} is not supported: {REFUSED[name]}"
-    return None
-
-
 def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) -> Settings:
     """Parse flags; raises UsageError with a one-line message on bad input."""
     environ = os.environ if environ is None else environ
-    args = _normalise(argv)
-    refused = _refused(args)
-    if refused:
-        raise UsageError(refused)
+    try:
+        args, flag_warnings = klog_flags.extract(_normalise(argv))
+    except ValueError as exc:  # FlagRefused included: both name the flag
+        raise UsageError(str(exc)) from None
     ns = _build_parser().parse_args(args)
     if ns.version:
         raise VersionRequested()
-    if not ns.logtostderr:
-        raise UsageError("flag --logtostderr=false is not supported: nmi logs to stderr only")
     force_namespaced = ns.force_namespaced or environ.get("FORCENAMESPACED") == "true"
     if ns.operation_mode == "managed" and not force_namespaced:
         raise UsageError("flag --operation-mode=managed requires --forceNamespaced (managed mode is namespaced)")
-    values = {k: v for k, v in vars(ns).items() if k not in ("version", "logtostderr")}
+    values = {k: v for k, v in vars(ns).items() if k != "version"}
+    values["flag_warnings"] = tuple(flag_warnings)
     values["force_namespaced"] = force_namespaced
     values["kubeconfig"] = ns.kubeconfig or environ.get("KUBECONFIG", "")
     return Settings(**values)

@@ -142,6 +142,8 @@ def run(settings: Settings) -> int:
     from .logs import setup_logging
 
     setup_logging(log_format=settings.log_format, verbosity=settings.verbosity)
+    for warning in settings.flag_warnings:
+        log.warning("%s", warning)
     try:
         return asyncio.run(serve(settings))
     except StartupError as exc:

@@ -153,11 +153,20 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the record's extras, exception/stack text."""
+    """One JSON object per line with Kubernetes component-base's keys first, so pipelines built for the JSON
+    logs of kubelet or kube-apiserver read nmi's too: `ts` (epoch milliseconds, a float, as component-base
+    writes it), `caller` (file:line), `msg`, `v` (verbosity: 0, or 4 for DEBUG; absent on errors, as there)
+    and `err` (the exception's text). Then nmi's own keys: `time` (ISO 8601 UTC), `level`, `logger`, the
+    record's extras (pod, identity, status...), `exception` (the traceback) and `stack`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"time": _timestamp(record.created), "level": record.levelname,
-                                 "logger": record.name, "message": record.getMessage()}
+        entry: dict[str, Any] = {"ts": record.created * 1000.0, "caller": f"{record.filename}:{record.lineno}",
+                                 "msg": record.getMessage()}
+        if record.levelno < logging.ERROR:
+            entry["v"] = VERBOSITY_DEBUG if record.levelno <= logging.DEBUG else 0
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["err"] = scrub_text(str(record.exc_info[1]))
+        entry.update(time=_timestamp(record.created), level=record.levelname, logger=record.name)
         for key, value in record_extras(record).items():
             entry[key if key not in entry else f"extra_{key}"] = value
         if record.exc_info and not record.exc_text:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -96,3 +97,109 @@ def test_workload_identity_bridge_is_off_by_default_and_its_flags_parse():
 def test_workload_identity_authority_host_must_be_an_https_url(value):
     with pytest.raises(UsageError, match="--workload-identity-authority-host"):
         parse_args([f"--workload-identity-authority-host={value}"])
+
+
+def test_secret_namespace_and_authority_host_rules_are_strict_by_default():
+    defaults = parse_args([])
+    assert defaults.allow_cross_namespace_secrets is False and defaults.allowed_authority_hosts == ()
+    on = parse_args(["--allow-cross-namespace-secrets", "--allowed-authority-hosts=Login.Contoso.example, 127.0.0.1,,::1"])
+    assert on.allow_cross_namespace_secrets is True
+    assert on.allowed_authority_hosts == ("login.contoso.example", "127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize("value", ["https://login.contoso.example", "login.contoso.example:443", "a/b", "*.example",
+                                   "login contoso"])
+def test_allowed_authority_hosts_are_plain_host_names(value):
+    with pytest.raises(UsageError, match="--allowed-authority-hosts"):
+        parse_args([f"--allowed-authority-hosts={value}"])
+# Upstream flags whose value changes nothing in nmi: a manifest carried over from aad-pod-identity must keep
+# running (one warning line each), not crash-loop on exit 2.
+@pytest.mark.parametrize("argv, shown", [
+    (["--enableProfile=false"], "--enableProfile=false"),
+    (["--alsologtostderr"], "--alsologtostderr=true"),
+    (["-alsologtostderr=false"], "--alsologtostderr=false"),
+    (["--logtostderr"], "--logtostderr=true"),
+    (["--logtostderr=true"], "--logtostderr=true"),
+    (["--stderrthreshold=WARNING"], "--stderrthreshold=WARNING"),
+    (["--stderrthreshold", "2"], "--stderrthreshold=2"),
+    (["--log_file_max_size=1800"], "--log_file_max_size=1800"),
+    (["--skip_headers"], "--skip_headers=true"),
+    (["--skip_log_headers=true"], "--skip_log_headers=true"),
+    (["--add_dir_header=false"], "--add_dir_header=false"),
+    (["--one_output"], "--one_output=true"),
+    (["--log_dir="], "--log_dir="),
+    (["--log_file="], "--log_file="),
+    (["--vmodule="], "--vmodule="),
+    (["--log_backtrace_at=:0"], "--log_backtrace_at=:0"),
+])
+def test_harmless_upstream_flags_are_accepted_with_one_warning_each(argv, shown):
+    settings = parse_args(argv + ["--nmi-port=3000"], environ={})
+    assert settings.port == 3000  # the rest of the command line still parses
+    (warning,) = settings.flag_warnings
+    assert warning.startswith(f"flag {shown} has no effect: ")
+
+
+def test_chart_style_command_line_with_several_harmless_flags_warns_once_per_flag():
+    settings = parse_args(["--node=n1", "--logtostderr=true", "--alsologtostderr", "--enableProfile=false",
+                           "-v=5", "--stderrthreshold=INFO"], environ={})
+    assert (settings.node, settings.verbosity) == ("n1", 5)
+    assert [w.split()[1] for w in settings.flag_warnings] == [
+        "--logtostderr=true", "--alsologtostderr=true", "--enableProfile=false", "--stderrthreshold=INFO"]
+    assert parse_args(["--node=n1"], environ={}).flag_warnings == ()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--enableProfile"], "--enableProfile=true"),
+    (["--enableProfile=true"], "--enableProfile=true"),
+    (["--log_dir=/var/log/nmi"], "--log_dir=/var/log/nmi"),
+    (["--log_dir", "/var/log/nmi"], "--log_dir=/var/log/nmi"),
+    (["-log_file=/x"], "--log_file=/x"),
+    (["--logtostderr=false"], "--logtostderr=false"),
+    (["--vmodule=server=5"], "--vmodule=server=5"),
+    (["--log_backtrace_at=server.go:80"], "--log_backtrace_at=server.go:80"),
+])
+def test_values_that_need_a_missing_feature_are_refused(argv, named):
+    with pytest.raises(UsageError, match="is not supported") as info:
+        parse_args(argv, environ={})
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--alsologtostderr=maybe"], "--alsologtostderr"),
+    (["--stderrthreshold=loud"], "--stderrthreshold"),
+    (["--log_file_max_size=-1"], "--log_file_max_size"),
+    (["--log_dir"], "--log_dir"),
+])
+def test_malformed_values_of_compatibility_flags_are_refused_naming_the_flag(argv, named):
+    with pytest.raises(UsageError) as info:
+        parse_args(argv, environ={})
+    assert named in str(info.value) and "no effect" not in str(info.value)
+
+
+def test_the_running_daemon_logs_each_flag_warning_once_in_the_chosen_format():
+    # Start-up fails right after logging is set up (no kubelet config here): the warnings come first, as JSON.
+    result = run_nmi("--alsologtostderr", "--enableProfile=false", "--log-format=json", "--manage-iptables=false",
+                     "--kubelet-config=/nonexistent/kubelet", "--node=n1")
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    warnings = [line["msg"] for line in lines if "has no effect" in line["msg"]]
+    assert warnings == ["flag --alsologtostderr=true has no effect: nmi logs only to stderr and writes no log files",
+                        "flag --enableProfile=false has no effect: nmi has no profiling endpoint"]
+
+
+def test_refused_compatibility_flag_exits_2_with_one_line():
+    result = run_nmi("--log_dir=/var/log/nmi")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--log_dir=/var/log/nmi is not supported" in result.stderr
+
+
+def test_help_lists_the_accepted_compatibility_flags():
+    result = run_nmi("--help")
+    assert result.returncode == 0 and "--alsologtostderr" in result.stdout and "--enableProfile" in result.stdout
+
+
+def test_fail_closed_is_off_by_default_for_drop_in_compatibility():
+    assert parse_args([]).fail_closed is False
+    assert parse_args(["--fail-closed"]).fail_closed is True
+    assert parse_args(["--fail-closed=true"]).fail_closed is True
+    assert parse_args(["--fail-closed=false"]).fail_closed is False

@@ -76,8 +76,10 @@ def test_every_rendered_object_is_valid_in_strict_mode(renderings, version):
 def test_renderings_contain_the_objects_they_promise(renderings):
     for mode in OVERLAYS:
         kinds = sorted(obj["kind"] for obj in renderings[f"overlays/{mode}"])
+        mic_owners = ["Role", "RoleBinding"] if mode == "standard" else []  # the MIC owner chain, MIC's namespace
         assert kinds == sorted(
             ["CustomResourceDefinition"] * 4 + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+            + mic_owners
         )
         with_components = renderings[f"overlays/{mode}+{'+'.join(COMPONENTS)}"]
         assert len(with_components) == len(renderings[f"overlays/{mode}"]) + 2 * len(COMPONENTS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import time
 
 import pytest
 
@@ -55,6 +57,7 @@ def test_client_ids_are_redacted_as_upstream_does(client_id, redacted):
 def test_json_mode_writes_one_json_object_per_line_with_structured_extras(restore_logging):
     stream = captured("json")
     log = logging.getLogger("nmi.test")
+    before = time.time()
     log.info("chain installed", extra={"chain": "aad-metadata", "rules": 2})
     log.warning("two\nlines %s", "here")
     try:
@@ -64,20 +67,57 @@ def test_json_mode_writes_one_json_object_per_line_with_structured_extras(restor
     log_access(pod="default/app", identity_client_id="aabc0000-a83v-9h4m-000j-2c0a66b0c1f9",
                resource="https://vault.azure.net", status=200, cache_hit=True, seconds=0.0123, method="GET",
                route="/metadata/identity/oauth2/token", remote="10.244.0.5")
+    after = time.time()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 4
     entries = [json.loads(line) for line in lines]
-    assert {"time", "level", "logger", "message"} <= set(entries[0])
     assert entries[0]["level"] == "INFO" and entries[0]["logger"] == "nmi.test"
     assert entries[0]["chain"] == "aad-metadata" and entries[0]["rules"] == 2
     assert entries[0]["time"].endswith("Z")
-    assert entries[1]["message"] == "two\nlines here"
+    assert entries[1]["msg"] == "two\nlines here"
     assert "ValueError: broken" in entries[2]["exception"]
-    assert entries[3] | {"time": None} == {
-        "time": None, "level": "INFO", "logger": "nmi.access", "message": "token request", "pod": "default/app",
-        "identity": "aabc##### REDACTED #####c1f9", "resource": "https://vault.azure.net", "status": 200,
-        "cache_hit": True, "duration_ms": 12.3, "method": "GET", "route": "/metadata/identity/oauth2/token",
-        "remote": "10.244.0.5"}
+    assert entries[3] | {"ts": None, "time": None, "caller": None} == {
+        "ts": None, "caller": None, "msg": "token request", "v": 0, "time": None, "level": "INFO",
+        "logger": "nmi.access", "pod": "default/app", "identity": "aabc##### REDACTED #####c1f9",
+        "resource": "https://vault.azure.net", "status": 200, "cache_hit": True, "duration_ms": 12.3, "method": "GET",
+        "route": "/metadata/identity/oauth2/token", "remote": "10.244.0.5"}
+    assert all(before * 1000 <= entry["ts"] <= after * 1000 for entry in entries)
+
+
+def test_json_lines_use_kubernetes_component_base_keys(restore_logging):
+    # component-base (k8s.io/component-base/logs/json, zapr) writes ts, caller, msg, then v on info lines and
+    # err on error lines, then the key/values: log pipelines built for kubelet's JSON logs key on these.
+    stream = captured("json", verbosity=4)
+    log = logging.getLogger("nmi.test")
+    log.debug("detail", extra={"pod": "ns/p"})
+    log.info("state change")
+    try:
+        raise OSError("table locked")
+    except OSError:
+        log.exception("chain repair failed")
+    log.error("no exception here")
+    debug, info, error, plain_error = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert list(debug)[:4] == ["ts", "caller", "msg", "v"]
+    assert isinstance(debug["ts"], float) and debug["ts"] > 1e12  # epoch milliseconds, as component-base
+    assert (debug["msg"], debug["v"], debug["pod"]) == ("detail", 4, "ns/p")
+    assert re.fullmatch(r"test_logs\.py:\d+", debug["caller"])
+    assert (info["msg"], info["v"]) == ("state change", 0)
+    assert list(error)[:4] == ["ts", "caller", "msg", "err"] and "v" not in error
+    assert (error["msg"], error["err"], error["level"]) == ("chain repair failed", "table locked", "ERROR")
+    assert "v" not in plain_error and "err" not in plain_error
+
+
+def test_json_err_and_colliding_extras_are_safe(restore_logging):
+    stream = captured("json")
+    log = logging.getLogger("nmi.test")
+    try:
+        raise RuntimeError(f"assertion {JWT} refused")
+    except RuntimeError:
+        log.exception("acquire failed", extra={"msg_id": 1})
+    log.info("hello", extra={"v": "caller-chosen", "ts": "x"})
+    error, info = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert JWT not in error["err"] and "[REDACTED]" in error["err"]
+    assert (info["v"], info["extra_v"], info["extra_ts"]) == (0, "caller-chosen", "x")
 
 
 def test_text_mode_access_line_is_one_line_of_key_value_pairs(restore_logging):
