@@ -26,6 +26,7 @@ from .errors import NmiError
 from .freshness import CacheHealth
 from .explain import Explainer
 from .logs import log_access
+from .loop_lag import watch_loop_lag
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
@@ -168,6 +169,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_log_synced, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
     if audit is not None:
         def warn(binding, message, audit=audit):
