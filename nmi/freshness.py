@@ -56,7 +56,7 @@ class CacheHealth:
         self._caches.setdefault(resource, _Cache()).problem = ""
 
     def failed(self, resource: str, operation: str, reason: str) -> None:
-        self._stale(resource, f"{operation} failing ({reason})")
+        self._stale(resource, f"{operation} failing: {reason}")
 
     def expired(self, resource: str) -> None:
         self._stale(resource, "relisting after 410 Gone")
@@ -78,17 +78,16 @@ class CacheHealth:
         return STALE if cache.problem else FRESH
 
     def problems(self, *, identity_only: bool = False) -> list[str]:
-        """One line per cache that cannot be trusted, e.g. `pods watch: watch failing (HTTP 500) for 3s`."""
+        """One line per cache that cannot be trusted, e.g. `pods watch stale for 3s (watch failing: HTTP 500)`."""
         found = []
         for resource in sorted(self._caches):
             if identity_only and resource == POD_CACHE:
                 continue
             cache = self._caches[resource]
             if not cache.synced:
-                detail = f"not synced yet, {cache.problem}" if cache.problem else "not synced yet"
-                found.append(f"{resource} watch: {detail}")
+                found.append(f"{resource} watch not synced yet" + (f" ({cache.problem})" if cache.problem else ""))
             elif cache.problem:
-                found.append(f"{resource} watch: {cache.problem} for {self._clock() - cache.since:.0f}s")
+                found.append(f"{resource} watch stale for {self._clock() - cache.since:.0f}s ({cache.problem})")
         return found
 
     def identity_problems(self) -> list[str]:

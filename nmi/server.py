@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 HOST_CALLER = "127.0.0.1"
 
 def _caches_not_wired() -> list[str]:
-    return ["caches not synced"]
+    return ["no watch cache wired yet"]
 
 
 @dataclass
@@ -58,7 +58,8 @@ class DaemonState:
         return not self.not_ready_because()
 
     def not_ready_because(self) -> list[str]:
-        why = list(self.cache_problems())
+        problems = self.cache_problems()
+        why = ["caches not synced or stale: " + "; ".join(problems)] if problems else []
         if not self.active:
             why.append("aad-metadata chain not in place")
         if self.shutting_down:

@@ -38,7 +38,7 @@ async def test_every_not_ready_condition_is_named_in_readyz_and_clears_on_recove
         got, body = await readyz()
         return got == status and all(f in body for f in fragments) and not any(a in body for a in absent)
 
-    assert await says(503, "pods watch: not synced yet", "azureidentitybindings watch: not synced yet",
+    assert await says(503, "caches not synced or stale: ", "pods watch not synced yet", "azureidentitybindings watch not synced yet",
                       "aad-metadata chain not in place")
 
     backend, stop = FakeBackend(), asyncio.Event()
@@ -56,12 +56,12 @@ async def test_every_not_ready_condition_is_named_in_readyz_and_clears_on_recove
         assert (await readyz())[1] == "ok"
 
         health.failed(POD_CACHE, "watch", "HTTP 500")  # a broken watch: stale
-        assert await says(503, "pods watch: watch failing (HTTP 500)", absent=("chain",))
+        assert await says(503, "pods watch stale for 0s (watch failing: HTTP 500)", absent=("chain",))
         health.watching(POD_CACHE)
         assert await says(200)
 
         health.expired("azureidentitybindings")  # a 410: stale until the relist lands
-        assert await says(503, "azureidentitybindings watch: relisting after 410")
+        assert await says(503, "azureidentitybindings watch stale for 0s (relisting after 410 Gone)")
         health.listed("azureidentitybindings")
         assert await says(200)
 
@@ -80,4 +80,4 @@ async def test_every_not_ready_condition_is_named_in_readyz_and_clears_on_recove
 
 
 async def test_a_daemon_state_nobody_wired_is_not_ready():
-    assert DaemonState(chain_required=False).not_ready_because() == ["caches not synced"]
+    assert DaemonState(chain_required=False).not_ready_because() == ["caches not synced or stale: no watch cache wired yet"]

@@ -69,7 +69,8 @@ def test_attack_ip_reuse_while_the_pod_watch_fails_never_gets_the_deleted_pods_i
         fakes.call(lambda: fakes.api.fail_next(OUTAGE, **PODS_LIST))  # live lookups fail too, at first
         fakes.call(lambda: fakes.api.close_watches("pods"))
         broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15)  # SPEC: within 15 s
-        assert "pods watch: watch failing (HTTP 500)" in broken.body
+        assert "caches not synced or stale: pods watch stale for" in broken.body
+        assert "(watch failing: HTTP 500)" in broken.body
 
         # The attack: the victim pod goes, a pod of another namespace gets its IP. The cache cannot see it.
         fakes.delete("Pod", "bank", "victim")
@@ -106,7 +107,7 @@ def test_a_binding_removed_while_its_watch_fails_hands_out_nothing_until_the_wat
         fakes.call(lambda: fakes.api.fail_next(OUTAGE, status=500, path_prefix=BINDINGS, verb="watch"))
         fakes.call(lambda: fakes.api.close_watches("azureidentitybindings"))
         broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15)
-        assert "azureidentitybindings watch: watch failing (HTTP 500)" in broken.body
+        assert "azureidentitybindings watch stale for" in broken.body and "watch failing: HTTP 500" in broken.body
         fakes.delete("AzureIdentityBinding", "bank", "payments")
         answer = nmi.token(source=SHARED_IP)
         assert is_503_with_retry_after(answer), answer  # not the cached token of a binding that may be gone

@@ -57,7 +57,7 @@ async def test_a_failing_watch_makes_the_cache_stale_and_a_renewed_watch_fresh(a
         apiserver.fail_next(10**6, status=500, path_prefix="/api/v1/pods", verb="watch")
         apiserver.close_watches()
         await eventually(lambda: health.state(POD_CACHE) == STALE)
-        assert "pods watch: watch failing (HTTP 500)" in health.problems()[0]
+        assert "(watch failing: HTTP 500)" in health.problems()[0]
         apiserver.clear_faults()
         await eventually(lambda: health.state(POD_CACHE) == FRESH)
         assert apiserver.count("pods", "list") == 1  # resumed from its resourceVersion, no relist needed
@@ -76,7 +76,7 @@ async def test_a_dropped_connection_and_a_failing_relist_are_stale_too(apiserver
         apiserver.fail_next(10**6, status=503, path_prefix="/api/v1/pods", verb="list")
         apiserver.compact()  # history gone: the next watch gets 410 and must relist, which fails
         apiserver.close_watches()
-        await eventually(lambda: "list failing (HTTP 503)" in " ".join(health.problems()))
+        await eventually(lambda: "list failing: HTTP 503" in " ".join(health.problems()))
         assert "relisting after 410" not in " ".join(health.problems())  # the failure is what it says now
         apiserver.put(make_pod("web", ip="10.244.0.7"))
         apiserver.clear_faults()

@@ -48,9 +48,9 @@ def test_a_cache_is_not_synced_until_listed_then_fresh_stale_on_failure_and_fres
     health.track("pods")
     health.track("azureidentitybindings")
     assert health.state("pods") == NOT_SYNCED
-    assert health.problems() == ["azureidentitybindings watch: not synced yet", "pods watch: not synced yet"]
+    assert health.problems() == ["azureidentitybindings watch not synced yet", "pods watch not synced yet"]
     health.failed("pods", "list", "HTTP 500")
-    assert health.problems()[1] == "pods watch: not synced yet, list failing (HTTP 500)"
+    assert health.problems()[1] == "pods watch not synced yet (list failing: HTTP 500)"
     health.listed("pods")
     health.listed("azureidentitybindings")
     assert health.state("pods") == FRESH and health.problems() == []
@@ -58,7 +58,7 @@ def test_a_cache_is_not_synced_until_listed_then_fresh_stale_on_failure_and_fres
     clock.now += 7
     health.failed("pods", "watch", "ConnectionRefusedError")  # still failing: `since` is the first failure
     assert health.state("pods") == STALE
-    assert health.problems() == ["pods watch: watch failing (ConnectionRefusedError) for 7s"]
+    assert health.problems() == ["pods watch stale for 7s (watch failing: ConnectionRefusedError)"]
     assert health.identity_problems() == []  # the pod cache is the pod index's business
     health.watching("pods")
     assert health.state("pods") == FRESH and health.problems() == []
@@ -77,7 +77,7 @@ def test_an_untracked_cache_is_fresh_and_identity_problems_leave_out_pods():
     assert health.state("azureassignedidentities") == FRESH  # not watched in managed mode
     health.track("azureidentities")
     health.track(POD_CACHE)
-    assert health.identity_problems() == ["azureidentities watch: not synced yet"]
+    assert health.identity_problems() == ["azureidentities watch not synced yet"]
 
 
 # -- PodIndex under a stale or unsynced cache --------------------------------------------------------
