@@ -92,10 +92,12 @@ class ConnectionLimits:
 
 
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted")
+    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors")
 
-    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, json_errors: bool,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._json_errors = json_errors
         self._limits = limits
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
@@ -160,25 +162,39 @@ class GuardedRequestHandler(RequestHandler):
             log.debug("malformed request from %s: %s", self._source, type(exc).__name__ if exc else status)
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
-        error = "invalid_request" if status < 500 else "internal_error"
-        description = "Malformed HTTP request" if status < 500 else "Internal error; see the nmi log"
-        response = web.Response(status=status, text=json.dumps({"error": error, "error_description": description},
-                                                               separators=(",", ":")),
-                                content_type="application/json")
+        response = imds_json_error(status, "Malformed HTTP request" if status < 500 else "")
         response.force_close()
         return response
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """The token port's safety net: an error aiohttp raised before any middleware could run (its router's
+        404 for a target it cannot match, its 417 for an unknown `Expect`...) still leaves as IMDS JSON."""
+        if (self._json_errors and resp.status >= 400 and not resp.prepared
+                and getattr(resp, "content_type", "") != "application/json"):
+            resp = imds_json_error(resp.status, resp.reason or "")
+        return await super().finish_response(request, resp, start_time)
+
+
+def imds_json_error(status: int, description: str) -> web.Response:
+    error = "invalid_request" if status < 500 else "internal_error"
+    body = {"error": error, "error_description": description or ("Bad request" if status < 500 else
+                                                                 "Internal error; see the nmi log")}
+    return web.Response(status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections are GuardedRequestHandlers; stop/cleanup work as for any site."""
 
-    __slots__ = ("_limits", "_head_timeout")
+    __slots__ = ("_limits", "_head_timeout", "_json_errors")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ConnectionLimits,
-                 head_timeout: float = HEAD_TIMEOUT_SECONDS, reuse_address: bool | None = True) -> None:
+                 head_timeout: float = HEAD_TIMEOUT_SECONDS, json_errors: bool = False,
+                 reuse_address: bool | None = True) -> None:
         super().__init__(runner, host, port, reuse_address=reuse_address)
         self._limits = limits
         self._head_timeout = head_timeout
+        self._json_errors = json_errors  # the token port answers IMDS JSON errors only; probes keep aiohttp's
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner; TCPSite.start would listen unguarded
@@ -189,7 +205,7 @@ class GuardedSite(web.TCPSite):
 
         def guarded() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, limits=self._limits, head_timeout=self._head_timeout,
-                                         **handler_kwargs)
+                                         json_errors=self._json_errors, **handler_kwargs)
 
         self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog,
                                                 reuse_address=self._reuse_address, reuse_port=self._reuse_port)

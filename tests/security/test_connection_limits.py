@@ -177,3 +177,29 @@ def test_the_daemon_keeps_serving_pods_and_probes_while_one_source_holds_140_hal
             sock.close()
     # back down: the daemon's own sockets (watches, upstream connections) come and go, so a little slack
     wait_for(lambda: open_fds(pid) <= baseline + 4)
+
+
+@pytest.mark.parametrize("data, status", [
+    (rawhttp.head(b"GET /metadata/versions HTTP/1.1", {b"Metadata": b"true", b"Expect": b"200-ok"}), 417),
+    (rawhttp.head(b"GET http://169.254.169.254%2F HTTP/1.1", {b"Expect": b"x"}), 417),
+    (rawhttp.head(b"OPTIONS * HTTP/1.1", {b"Metadata": b"true"}), 404),
+    (rawhttp.head(b"GET /a%0Ab HTTP/1.1", {b"Metadata": b"true"}), 404),
+])
+async def test_errors_aiohttp_raises_before_any_middleware_are_imds_json_on_the_token_port(data, status):
+    """Found by the property suite: aiohttp's router and expect handling answer text before nmi's middleware."""
+    limits = ConnectionLimits(per_source=64, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=5) as servers:
+        answer = await exchange(servers.token_port, data)
+        assert answer.status == status and answer.headers["content-type"].startswith("application/json")
+        assert set(answer.json) == {"error", "error_description"}
+
+
+async def test_expect_100_continue_still_gets_its_interim_answer():
+    limits = ConnectionLimits(per_source=64, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=5) as servers:
+        reader, writer = await open_from(servers.token_port, BOUND_POD)
+        writer.write(TOKEN.replace(b"Metadata: true", b"Metadata: true\r\nExpect: 100-continue"))
+        received = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert rawhttp.parse(received).status == 200
