@@ -170,6 +170,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
             audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
     reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
     root_tasks["binding-window-errors"] = functools.partial(_report_window_errors, catalog, reporter)
+    if settings.node_startup_taint:
+        root_tasks["startup-taint"] = _startup_taint_task(settings, state, api_client, stack)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit),
@@ -177,6 +179,16 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                                                  block_instance_metadata=settings.block_instance_metadata),
                  root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None,
                  explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
+
+
+def _startup_taint_task(settings: Settings, state: DaemonState, api_client, stack: AsyncExitStack):
+    from .kube.nodes import KubeNodeTaints
+    from .startup_taint import remove_startup_taint
+
+    nodes = KubeNodeTaints(api_client)
+    stack.callback(nodes.close)
+    return functools.partial(remove_startup_taint, nodes, node=settings.node, key=settings.node_startup_taint,
+                             ready=lambda: state.ready)
 
 
 async def _final_flush(audit: AuditRecorder) -> None:

@@ -42,6 +42,7 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_secret,
     make_service_account,
 )
+from .nodes import FakeNodes
 from .sa_issuer import ServiceAccountIssuer, rfc3339
 from .serving import FakeSite
 
@@ -78,6 +79,7 @@ class FakeApiServer:
         self.requests: list[RequestRecord] = []
         self.posted_events: list[dict[str, Any]] = []
         self.sa_issuer = ServiceAccountIssuer()
+        self.nodes = FakeNodes()  # GET and JSON-patch PATCH of /api/v1/nodes/{name} (nodes.py)
         self.token_requests: list[dict[str, Any]] = []  # (namespace, service_account, spec) of each one granted
         self._faults: list[_Fault] = []
         self._site = FakeSite(shutdown_timeout=1.0)
@@ -98,6 +100,7 @@ class FakeApiServer:
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural:replicasets|deployments}", self._collection)
         app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
         app.router.add_get(CRD_PREFIX + "/{plural}", self._collection)
+        self.nodes.install(app)
         bound_host, bound_port = await self._site.serve(app, host, port)
         self.url = f"http://{bound_host}:{bound_port}"
         return self.url
