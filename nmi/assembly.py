@@ -25,6 +25,7 @@ from .kube.watches import node_informers
 from .errors import NmiError
 from .explain import Explainer
 from .logs import log_access
+from .loop_lag import watch_loop_lag
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
@@ -164,6 +165,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
     if audit is not None:
         def warn(binding, message, audit=audit):
