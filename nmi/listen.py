@@ -58,7 +58,12 @@ def total_connections_for(fd_soft_limit: int) -> int:
 
 
 class ConnectionLimits:
-    """Open connections per source address and in all, shared by every listener of the process."""
+    """Open connections per source address and in all, shared by every listener of the process.
+
+    At a cap, an *idle* kept-alive connection (its request answered, nothing of the next one sent) is closed to
+    make room before the new one is refused: a client that closes and reconnects in a burst is often a step
+    ahead of nmi reading its closes, and closing an idle connection costs a client nothing (it reconnects).
+    A connection still waiting for its first complete head is never idle, so half-sent heads cannot evict."""
 
     def __init__(self, *, per_source: int = PER_SOURCE_CONNECTIONS, total: int | None = None) -> None:
         if total is None:
@@ -68,31 +73,46 @@ class ConnectionLimits:
         self.total = total
         self.open = 0
         self.refused = 0
-        self._by_source: dict[str, int] = {}
+        self.evicted = 0
+        self._by_source: dict[str, dict[GuardedRequestHandler, None]] = {}  # insertion order: oldest first
 
-    def acquire(self, source: str) -> bool:
-        held = self._by_source.get(source, 0)
-        if held >= self.per_source or self.open >= self.total:
+    def admit(self, source: str, connection: GuardedRequestHandler) -> bool:
+        held = self._by_source.get(source, {})
+        if len(held) >= self.per_source and not self._evict_idle(list(held)):
             self.refused += 1
             return False
-        self._by_source[source] = held + 1
+        if self.open >= self.total and not self._evict_idle([c for conns in self._by_source.values() for c in conns]):
+            self.refused += 1
+            return False
+        self._by_source.setdefault(source, {})[connection] = None
         self.open += 1
         return True
 
-    def release(self, source: str) -> None:
-        held = self._by_source.get(source, 0) - 1
-        if held > 0:
-            self._by_source[source] = held
-        else:
-            self._by_source.pop(source, None)
+    def release(self, source: str, connection: GuardedRequestHandler) -> None:
+        held = self._by_source.get(source)
+        if held is None or connection not in held:
+            return
+        del held[connection]
+        if not held:
+            del self._by_source[source]
         self.open -= 1
 
     def held_by(self, source: str) -> int:
-        return self._by_source.get(source, 0)
+        return len(self._by_source.get(source, ()))
+
+    def _evict_idle(self, connections: list[GuardedRequestHandler]) -> bool:
+        for connection in connections:
+            if connection.idle():
+                connection.evict()
+                self.evicted += 1
+                return True
+        return False
 
 
 class GuardedRequestHandler(RequestHandler):
     __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors")
+    # _admitted: aiohttp's connection_made ran (so its connection_lost must run too); the slot in the limits is
+    # given back by release(), which is idempotent (an evicted connection gives it back before it is lost)
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, json_errors: bool,
                  **kwargs: Any) -> None:
@@ -107,7 +127,7 @@ class GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        if not self._limits.acquire(self._source):
+        if not self._limits.admit(self._source, self):
             transport.abort()  # reset at once: the descriptor is freed now, not after a close handshake
             log.debug("connection from %s refused: %d open from it, %d in all", self._source,
                       self._limits.held_by(self._source), self._limits.open)
@@ -120,7 +140,7 @@ class GuardedRequestHandler(RequestHandler):
         if not self._admitted:
             return
         self._admitted = False
-        self._limits.release(self._source)
+        self._limits.release(self._source, self)
         self._disarm_head_timer()
         super().connection_lost(exc)
 
@@ -133,6 +153,15 @@ class GuardedRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != heads_before:
             self._disarm_head_timer()
+
+    def idle(self) -> bool:
+        """Answered at least one request and nothing of the next one has arrived."""
+        return self._request_count > 0 and self._head_timer is None and self._waiting_for_next_request()
+
+    def evict(self) -> None:
+        self._limits.release(self._source, self)
+        log.debug("closing an idle kept-alive connection from %s to make room", self._source)
+        self.force_close()
 
     def _waiting_for_next_request(self) -> bool:
         waiter = self._waiter
