@@ -92,7 +92,7 @@ class World:
                              policy=BrokerPolicy(mode=MANAGED, namespaced=True))
         self.proxy = ImdsProxy("127.0.0.1", self.imds.port, timeout=5)
         app = token_app(broker, config=TokenServerConfig(block_instance_metadata=True),
-                        state=DaemonState(chain_required=False, caches_synced=True), proxy=self.proxy)
+                        state=DaemonState(chain_required=False, cache_problems=lambda: []), proxy=self.proxy)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = GuardedSite(self.runner, "127.0.0.1", 0, limits=ConnectionLimits(per_source=64, total=500),
