@@ -24,10 +24,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
+# Third-party packages: exactly the versions and sha256 hashes of requirements.lock (`make lock`), nothing
+# resolved at build time. --no-deps: a dependency missing from the lock fails `pip check` below instead of
+# being fetched unverified; --no-build-isolation: python-iptables' sdist builds with the venv's own setuptools
+# instead of an unpinned one fetched for the build.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation -r requirements.lock
+
+# nmi itself, from this source, built with the locked setuptools and wheel; then every requirement checked.
 COPY pyproject.toml README.md ./
 COPY nmi ./nmi
 COPY iptables ./iptables
-RUN /opt/venv/bin/pip install --no-cache-dir .
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check
 
 
 FROM ${PYTHON_IMAGE}

@@ -1,5 +1,5 @@
-# The two commands of the README. Both install what they need first (Debian packages, .venv).
-.PHONY: demo test bench
+# The two commands of the README, and the release artefacts. Each installs what it needs first (.venv).
+.PHONY: demo test bench manifests lock
 
 demo:
 	@bash scripts/bootstrap.sh
@@ -12,3 +12,20 @@ test:
 bench:
 	@bash scripts/bootstrap.sh
 	@.venv/bin/python -m bench
+
+# deploy/*.yaml for `kubectl apply -f` users, rendered from daemonset/ with the real kustomize (kubectl from the
+# test extras). IMAGE is nmi's image reference; the default is the base's placeholder, which never pulls.
+IMAGE ?= registry.example/nmi:0.1.0
+manifests:
+	@bash scripts/bootstrap.sh
+	@.venv/bin/python scripts/render_manifests.py --image '$(IMAGE)'
+
+# requirements.lock: the image's exact dependencies with their sha256 hashes, resolved from pyproject.toml
+# (Python 3.11, as the image) by pip-tools in a throwaway venv; local pip settings (extra indexes, find-links,
+# constraints) are ignored so that only the public index decides.
+lock:
+	@rm -rf /tmp/nmi-lock-venv && python3.11 -m venv /tmp/nmi-lock-venv
+	@/tmp/nmi-lock-venv/bin/pip install -q pip-tools==7.6.2
+	@env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+	  /tmp/nmi-lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --build-deps-for=wheel \
+	  --no-emit-index-url --output-file=requirements.lock pyproject.toml

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds nmi's image without a container registry or engine: a Debian bookworm base made with debootstrap
 # (Python 3.11, as in python:3.11-slim-bookworm) stands in for the pinned base, buildah builds the Dockerfile
-# with chroot isolation, and the result is checked by running `nmi --version` and importing python-iptables.
+# with chroot isolation, and the result is checked by running `nmi --version`, `nmi --help`, `pip check` and
+# importing python-iptables.
 # Needs root and Debian's package mirror; about two minutes. Storage goes to $WORK (default /tmp/nmi-image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ cp -a "$WORK/rootfs/." "$("${B[@]}" mount "$ctr")/"
 check=$("${B[@]}" from localhost/nmi:dev)
 trap '"${B[@]}" rm "$check" >/dev/null' EXIT
 "${B[@]}" run --isolation chroot "$check" -- /opt/venv/bin/nmi --version
+"${B[@]}" run --isolation chroot "$check" -- sh -c '/opt/venv/bin/nmi --help >/dev/null && echo "nmi --help: ok"'
+"${B[@]}" run --isolation chroot "$check" -- /opt/venv/bin/pip check
 "${B[@]}" run --isolation chroot "$check" -- /opt/venv/bin/python -c "import iptc; print('python-iptables loads')"
 "${B[@]}" run --isolation chroot "$check" -- sh -c 'if command -v gcc; then exit 1; else echo "no compiler in the image"; fi'
+# Sizes as buildah reports them (uncompressed): the image, and the debootstrapped base it was built on.
+"${B[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' localhost/nmi:dev localhost/nmi-base
 echo "built localhost/nmi:dev (buildah storage in $WORK/storage)"
