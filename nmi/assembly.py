@@ -28,7 +28,9 @@ from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
+from .sp_credentials import CredentialPolicy
 from .tokens import TokenService, workload_owner_key
+from .workloads import WorkloadIndex
 
 log = logging.getLogger("nmi")
 
@@ -113,9 +115,12 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     pods = PodIndex(live.live_pods_for_ip, on_change=None)
     pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
     catalog = IdentityIndex()
+    managed = settings.operation_mode == MANAGED
+    workloads = None if managed else WorkloadIndex()  # the MIC check exists in standard mode only
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
-                               managed=settings.operation_mode == MANAGED, scale_features=settings.scale_features,
+                               managed=managed, scale_features=settings.scale_features,
                                workload_identity=settings.workload_identity,
+                               mic_namespace=settings.mic_namespace, workloads=workloads,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
     secrets = KubeSecretReader(api_client)
@@ -128,7 +133,10 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                           metadata_port=settings.metadata_port,
                           observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter)
+                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+                          credential_policy=CredentialPolicy(
+                              allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
+                              cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
@@ -136,7 +144,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header,
         workload_identity=settings.workload_identity, workload_identity_tenant=settings.workload_identity_tenant_id,
         workload_identity_authority=settings.workload_identity_authority_host)
-    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, workloads=workloads)
     proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)

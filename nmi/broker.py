@@ -14,7 +14,7 @@ from . import identities as rules
 from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
 from .model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, Binding, Identity, PodInfo, TokenGrant,
                     TokenRequest)
-from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource
+from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource, WorkloadDirectory
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class Outcome:
 class TokenBroker:
     def __init__(self, pods: PodDirectory, catalog: IdentityCatalog, tokens: TokenSource, *,
                  policy: BrokerPolicy, clock: Callable[[], float] | None = None,
-                 service_accounts: ServiceAccountDirectory | None = None) -> None:
+                 service_accounts: ServiceAccountDirectory | None = None,
+                 workloads: WorkloadDirectory | None = None) -> None:
         self._pods = pods
+        self._workloads = workloads  # standard mode: ReplicaSets/Deployments of --MICNamespace (the MIC check)
         self._service_accounts = service_accounts
         self._catalog = catalog
         self._tokens = tokens
@@ -83,8 +85,10 @@ class TokenBroker:
     async def _resolve_and_get(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
         if node_identity_allowed and self._uses_node_identity(pod):
             log.info("exception pod %s uses the node's identity", pod.key)
+            # Whichever selector the pod gave goes to IMDS as IMDS's own: upstream dropped all but client_id, so
+            # a pod asking for one VM identity by object or resource ID got the system-assigned one.
             grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,
-                                                    resource_id=request.resource_id)
+                                                    resource_id=request.resource_id, object_id=request.object_id)
             return Outcome(pod, None, grant)
         workload = self._workload_identity(pod)
         if workload is not None:
@@ -136,8 +140,14 @@ class TokenBroker:
         return max(mine, key=lambda b: (b.weight, b.name), default=None)
 
     def _uses_node_identity(self, pod: PodInfo) -> bool:
-        return (rules.is_excepted(pod, self._catalog.exceptions(pod.namespace))
-                or rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace))
+        if rules.is_excepted(pod, self._catalog.exceptions(pod.namespace)):
+            return True
+        # Managed mode has no MIC: only an AzurePodIdentityException gives a pod the node's identity there.
+        if self._policy.mode != STANDARD or self._workloads is None or not pod.replicaset:
+            return False
+        return rules.is_mic_pod(pod, mic_namespace=self._policy.mic_namespace,
+                                replicaset=self._workloads.replicaset(pod.namespace, pod.replicaset),
+                                deployment=self._workloads.deployment(pod.namespace, rules.MIC_DEPLOYMENT))
 
     async def _by_object_id(self, candidates: list[Identity], request: TokenRequest) -> tuple[Identity, TokenGrant]:
         """AzureIdentity carries no object ID: match the `oid` claim of tokens issued to the pod's own identities."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import NoReturn, Sequence
@@ -51,6 +52,8 @@ class Settings:
     workload_identity: bool = False
     workload_identity_tenant_id: str = ""
     workload_identity_authority_host: str = "https://login.microsoftonline.com/"
+    allow_cross_namespace_secrets: bool = False
+    allowed_authority_hosts: tuple[str, ...] = ()
     # One line per accepted upstream flag that changes nothing here (klog_flags); logged once logging is set up.
     flag_warnings: tuple[str, ...] = ()
 
@@ -115,6 +118,29 @@ def parse_https_url(text: str) -> str:
         raise ValueError(f"{text!r} is not an https URL")
     url = text.strip()
     return url if url.endswith("/") else url + "/"
+
+
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP addresses, no scheme, port or path (`login.example,127.0.0.1`)."""
+    hosts = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        if not _HOST.match(item) and not _is_ip(item):
+            raise ValueError(f"{item!r} is not a host name (give hosts only, without https:// or a port)")
+        hosts.append(item)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def choice(*allowed: str):
@@ -191,6 +217,10 @@ def _build_parser() -> _Parser:
          "tenant when the ServiceAccount has no azure.workload.identity/tenant-id annotation")
     flag("workload-identity-authority-host", "workload_identity_authority_host", parse_https_url,
          "https://login.microsoftonline.com/", "Azure AD authority host for workload identity federation")
+    switch("allow-cross-namespace-secrets", "allow_cross_namespace_secrets", False,
+           "let an AzureIdentity's clientPassword name a Secret of another namespace (upstream behaviour)")
+    flag("allowed-authority-hosts", "allowed_authority_hosts", parse_hosts, (),
+         "comma-separated Azure AD authority hosts trusted besides the Azure clouds' (for adEndpoint)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .model import BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest
+from .model import (BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest,
+                    Workload)
 
 ASSIGNED = "Assigned"
 CREATED = "Created"
@@ -47,16 +48,29 @@ def is_excepted(pod: PodInfo, exceptions: Iterable[PodIdentityException]) -> boo
     return False
 
 
-def is_mic_pod(pod: PodInfo, *, mic_namespace: str) -> bool:
-    """Only pods of the Deployment literally named `mic` (ReplicaSet `mic-<pod-template-hash>`) in --MICNamespace.
+MIC_DEPLOYMENT = "mic"
 
-    Upstream accepted any ReplicaSet name starting with "mic", which let a Deployment named e.g. `mickey`
-    obtain the node's identities.
+
+def is_mic_pod(pod: PodInfo, *, mic_namespace: str, replicaset: Workload | None, deployment: Workload | None) -> bool:
+    """Only a pod of the Deployment literally named `mic` in --MICNamespace, followed by UID through the watch
+    caches: pod -> ReplicaSet (the one the pod's owner reference names, with that UID) -> Deployment `mic` (the one
+    the ReplicaSet's controller reference names, with that UID).
+
+    `replicaset` is the cached ReplicaSet named like the pod's owner, `deployment` the cached Deployment `mic`, both
+    looked up in the pod's namespace. Upstream compared names only (ReplicaSet `mic…`, both written by whoever
+    creates the pod): a bare pod with a made-up owner reference, or a Deployment named `mickey`, got the node's
+    identities.
     """
-    if pod.namespace.lower() != mic_namespace.lower() or not pod.replicaset:
+    if pod.namespace.lower() != mic_namespace.lower() or not pod.replicaset or not pod.replicaset_uid:
         return False
-    template_hash = pod.labels.get("pod-template-hash", "")
-    return bool(template_hash) and pod.replicaset == f"mic-{template_hash}"
+    if replicaset is None or deployment is None:
+        return False
+    if (replicaset.namespace, replicaset.name, replicaset.uid) != (pod.namespace, pod.replicaset, pod.replicaset_uid):
+        return False
+    if (replicaset.owner_kind, replicaset.owner_name) != ("Deployment", MIC_DEPLOYMENT) or not replicaset.owner_uid:
+        return False
+    return (deployment.namespace, deployment.name, deployment.uid) == (pod.namespace, MIC_DEPLOYMENT,
+                                                                       replicaset.owner_uid)
 
 
 def binding_selector(pod: PodInfo) -> str:

@@ -24,29 +24,38 @@ class Route(enum.Enum):
     PROXY = "proxy"
 
 
-_TOKEN = re.compile(r"^/(?i:metadata)/identity/oauth2/token")
-_MANGLED_TOKEN = re.compile(r"/(?i:metadata)/identity(.*?)oauth2(.*?)token")
-_HOST_TOKEN = re.compile(r"^/host/token")
-# Blocking errs on the safe side: any case of either segment is blocked (IMDS itself is case-insensitive).
-_INSTANCE = re.compile(r"^/metadata/instance", re.IGNORECASE)
+# Every rule is evaluated on the lower-cased canonical path, so no spelling (case, `\`, `%2F`, `%5C`, dot
+# segments, `//`) reaches a route other than the one it names. Prefix matches are upstream's (`tokenXYZ` is the
+# token route); anything else under /metadata/identity is refused rather than proxied: IMDS would hand it any
+# identity on the VM.
+_TOKEN_PREFIX = "/metadata/identity/oauth2/token"
+_IDENTITY_PREFIX = "/metadata/identity"
+_MANGLED_TOKEN = re.compile(r"/metadata/identity(.*?)oauth2(.*?)token")
+_HOST_TOKEN_PREFIX = "/host/token"
+_INSTANCE_PREFIX = "/metadata/instance"
+# What IMDS's own paths are made of. A proxied path with anything else (`%`, `;`, `?`, non-ASCII, spaces) is
+# refused: a server that decodes twice, strips `;params` or folds Unicode case could otherwise read it as a
+# path nmi did not check.
+_PROXYABLE = re.compile(r"[A-Za-z0-9/._~-]*")
+_ABSOLUTE_FORM = re.compile(r"(?i)^https?://[^/?#]*")
 
 SELECTORS = ("client_id", "msi_res_id", "mi_res_id", "object_id")
 
 
-def normalise_path(raw_path: str) -> str:
-    """Decode percent-escapes once (as IMDS would) and resolve `//`, `/./` and `/../`.
-
-    The result is both what nmi routes on and what it forwards, so no spelling can reach IMDS as a path
-    other than the one that was checked. A trailing slash is kept, as gorilla/mux does.
-    """
+def canonical_path(request_target: str) -> str:
+    """The path nmi routes on and the only one it forwards: the request target's path (absolute-form
+    reduced to its path), percent-decoded once, `\\` read as `/`, `//`, `/./` and `/../` resolved. Case is
+    kept (routing compares lower-cased). A trailing slash is kept, as gorilla/mux does."""
+    target = _ABSOLUTE_FORM.sub("", request_target or "/", count=1) or "/"
+    if not target.startswith("/"):
+        raise BadRequest("The request target must be a path")
     try:
-        decoded = unquote(raw_path.split("?", 1)[0], errors="strict") if raw_path else "/"
+        decoded = unquote(target.split("?", 1)[0], errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("The request path is not valid UTF-8") from None
     if "\x00" in decoded:
         raise BadRequest("The request path contains a NUL character")
-    if not decoded.startswith("/"):
-        decoded = "/" + decoded
+    decoded = "/" + decoded.replace("\\", "/")
     cleaned = posixpath.normpath(decoded)
     if cleaned.startswith("//"):  # posixpath keeps a leading double slash (POSIX allows it); IMDS does not
         cleaned = "/" + cleaned.lstrip("/")
@@ -55,21 +64,34 @@ def normalise_path(raw_path: str) -> str:
     return cleaned
 
 
+normalise_path = canonical_path  # the name the rest of the code base knew it by
+
+
 def quote_path(path: str) -> str:
     return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 def route_for(path: str, *, block_instance_metadata: bool) -> Route:
-    """Upstream's route table, evaluated in order on an already normalised path."""
-    if _TOKEN.match(path):
+    """Upstream's route table, evaluated in order on a canonical path, compared case-insensitively."""
+    folded = path.lower()
+    if folded.startswith(_TOKEN_PREFIX):
         return Route.TOKEN
-    if _MANGLED_TOKEN.search(path):
+    if folded.startswith(_IDENTITY_PREFIX) or _MANGLED_TOKEN.search(folded):
         return Route.INVALID_TOKEN_PATH
-    if _HOST_TOKEN.match(path):
+    if folded.startswith(_HOST_TOKEN_PREFIX):
         return Route.HOST_TOKEN
-    if block_instance_metadata and _INSTANCE.match(path):
+    if block_instance_metadata and folded.startswith(_INSTANCE_PREFIX):
         return Route.INSTANCE_BLOCKED
     return Route.PROXY
+
+
+def check_proxyable(path: str) -> None:
+    """Only paths spelled the way IMDS spells its own reach it (see `_PROXYABLE`); a segment ending in a dot
+    is refused too (some servers drop trailing dots, turning `metadata./instance` into `metadata/instance`)."""
+    if not _PROXYABLE.fullmatch(path):
+        raise BadRequest("The request path contains characters the instance metadata service does not use")
+    if any(segment.endswith(".") for segment in path.split("/")):
+        raise BadRequest("A request path segment may not end with a dot")
 
 
 def check_metadata_header(headers: Mapping[str, str], *, required: bool) -> None:

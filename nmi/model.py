@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Iterator, Mapping
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -39,7 +39,8 @@ class PodInfo:
     ip: str
     phase: str = "Running"
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
-    replicaset: str = ""  # name of the first ReplicaSet owner, "" if none
+    replicaset: str = ""  # name of the ReplicaSet owner (the controller one if marked), "" if none
+    replicaset_uid: str = ""  # that owner reference's UID: the MIC check follows UIDs, never names alone
     deleting: bool = False  # metadata.deletionTimestamp is set
     host_network: bool = False
     service_account: str = "default"
@@ -63,9 +64,44 @@ class PodInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Workload:
+    """A ReplicaSet or Deployment as far as the MIC check cares: who it is (UID) and who controls it."""
+
+    namespace: str
+    name: str
+    uid: str
+    owner_kind: str = ""  # the controlling owner reference ("" if none)
+    owner_name: str = ""
+    owner_uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     namespace: str
     name: str
+
+
+class SecretData(Mapping[str, bytes]):
+    """A Secret's decoded data, and the resourceVersion it was read at (credentials are parsed once per version).
+    Compares equal to a plain dict of the same data; its repr never shows the content."""
+
+    __slots__ = ("_data", "resource_version")
+
+    def __init__(self, data: Mapping[str, bytes], resource_version: str = "") -> None:
+        self._data = dict(data)
+        self.resource_version = resource_version
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"SecretData(keys={sorted(self._data)}, resource_version={self.resource_version!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Protocol
 
 from .model import (AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, ServiceAccount,
-                    ServiceAccountToken, TokenGrant)
+                    ServiceAccountToken, TokenGrant, Workload)
 
 
 class PodDirectory(Protocol):
@@ -40,6 +40,13 @@ class ServiceAccountDirectory(Protocol):
         """From the ServiceAccount watch cache only (workload identity bridge)."""
 
 
+class WorkloadDirectory(Protocol):
+    """ReplicaSets and Deployments of --MICNamespace, from watch caches (standard mode: the MIC check)."""
+
+    def replicaset(self, namespace: str, name: str) -> Workload | None: ...
+    def deployment(self, namespace: str, name: str) -> Workload | None: ...
+
+
 class ServiceAccountTokenMinter(Protocol):
     async def mint_token(self, namespace: str, service_account: str, *, pod_name: str,
                          pod_uid: str) -> ServiceAccountToken:
@@ -50,7 +57,7 @@ class ServiceAccountTokenMinter(Protocol):
 
 class SecretReader(Protocol):
     async def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
-        """Live GET of a Secret's decoded data. Raises errors.IdentityConfigurationError naming the Secret
+        """Live GET of a Secret's decoded data (a model.SecretData, with its resourceVersion). Raises errors.IdentityConfigurationError naming the Secret
         when it does not exist, errors.Unavailable when the API server cannot be reached."""
 
 
@@ -60,8 +67,10 @@ class TokenSource(Protocol):
         concurrent callers. Raises NmiError subclasses (TokenRefused, Throttled, Unavailable,
         IdentityConfigurationError)."""
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        """Straight from IMDS for the node's own identities (exception pods, MIC)."""
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        """Straight from IMDS for the node's own identities (exception pods, MIC), at most one selector given:
+        forwarded as IMDS's client_id, msi_res_id or object_id."""
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         """Drop cached tokens of identities no longer present."""

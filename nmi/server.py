@@ -93,15 +93,35 @@ async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Reque
         return await handler(request)
     except NmiError as error:
         return error_response(error)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:  # aiohttp's own refusals (e.g. 404 for `OPTIONS *`) get IMDS JSON too
+        if exc.status < 400:
+            raise
+        return error_response(http_error(exc.status, exc.reason))
     except Exception:  # a bug: answer, log with traceback, keep serving
         log.exception("internal error handling %s %s", request.method, request.path)
         return error_response(NmiError("Internal error; see the nmi log"))
 
+def http_error(status: int, reason: str) -> NmiError:
+    error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
+    error.status = status
+    return error
+
+
+async def expect_only_continue(request: web.Request) -> web.Response | None:
+    """aiohttp's default expect handler, except that an unknown `Expect` gets IMDS JSON (the default answers
+    a text 417 before any middleware runs)."""
+    if request.version != web.HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(http_error(417, "Only Expect: 100-continue is understood"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's default does: the interim answer is not the response
+    return None
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    path = imds.normalise_path(request.raw_path)
+    path = imds.canonical_path(request.raw_path)
     route = imds.route_for(path, block_instance_metadata=config.block_instance_metadata)
     if route is Route.TOKEN:
         return await observed(request, route, token)
@@ -112,6 +132,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if route is Route.INSTANCE_BLOCKED:
         raise Forbidden("Request blocked by AAD Pod Identity NMI")
     imds.check_common(request.method, request.headers, metadata_required=config.metadata_header_required)
+    imds.check_proxyable(path)
     return await request.app[PROXY].forward(request, path)
 
 async def observed(request: web.Request, route: Route,
@@ -165,7 +186,7 @@ def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonSt
     app[STATE] = state
     app[PROXY] = proxy
     app[OBSERVER] = observer or AccessObserver()
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 
 def probe_app(state: DaemonState) -> web.Application:

@@ -24,12 +24,13 @@ from typing import Any, Callable, Hashable, Mapping, TypeVar
 import msal
 import requests
 
+from .credential_loader import CredentialLoader
 from .errors import IdentityConfigurationError, TokenRefused
-from .model import SERVICE_PRINCIPAL, USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
+from .model import USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
 from .ports import SecretReader, ServiceAccountTokenMinter
 from .sa_assertions import AssertionCache
-from .sp_credentials import (ClientCertificate, ClientSecret, authority_host, check_identity,
-                             client_certificate_from, client_secret_from, identity_label)
+from .sp_credentials import (ClientCertificate, ClientSecret, CredentialPolicy, authority_host, check_identity,
+                             identity_label)
 from .token_cache import RefreshPolicy, TokenCache
 from .upstream_http import (AadHttpClient, ImdsHttpClient, aad_session, access_token_from, failure_from,
                             imds_session)
@@ -63,8 +64,12 @@ class TokenService:
                  max_entries: int = 4096, refresh_policy: RefreshPolicy = RefreshPolicy(), max_workers: int = 10,
                  observe_upstream: ObserveUpstream | None = None, in_flight: InFlightHook | None = None,
                  rng: random.Random | None = None,
-                 service_account_tokens: ServiceAccountTokenMinter | None = None) -> None:
+                 service_account_tokens: ServiceAccountTokenMinter | None = None,
+                 credential_policy: CredentialPolicy = CredentialPolicy(),
+                 credentials: CredentialLoader | None = None) -> None:
         self._secrets = secrets
+        self._credential_policy = credential_policy
+        self.credentials = credentials or CredentialLoader()
         # Workload identity bridge (opt-in): None leaves WORKLOAD_IDENTITY identities refused as misconfigured.
         self.assertions = AssertionCache(service_account_tokens, clock=clock) if service_account_tokens else None
         self._clock = clock
@@ -88,7 +93,7 @@ class TokenService:
         self._max_apps = 256
 
     async def get(self, identity: Identity, resource: str) -> TokenGrant:
-        check_identity(identity)
+        check_identity(identity, self._credential_policy)
         if identity.type == WORKLOAD_IDENTITY:
             # Keyed by namespace and ServiceAccount: two ServiceAccounts federated to one client ID never share.
             key = (workload_owner_key(identity), identity.client_id.lower(), identity.tenant_id,
@@ -98,9 +103,10 @@ class TokenService:
         return await self._cache.get((_identity_cache_key(identity), resource),
                                      lambda: self._fetch(identity, resource), owner=identity.key)
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        selector = _managed_identity(client_id, resource_id)
-        return await self._cache.get(("node", client_id.lower(), resource_id.lower(), resource),
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        selector = _managed_identity(client_id, resource_id, object_id)
+        return await self._cache.get(("node", client_id.lower(), resource_id.lower(), object_id.lower(), resource),
                                      lambda: self._from_imds(selector, resource, client_id), owner=None)
 
     def forget(self, keep_identity_keys: set[str]) -> None:
@@ -130,8 +136,7 @@ class TokenService:
         assert identity.client_password is not None  # check_identity made sure
         ref = identity.client_password
         data = await self._secrets.read_secret(ref.namespace, ref.name)
-        credential: ClientSecret | ClientCertificate = (
-            client_secret_from(ref, data) if identity.type == SERVICE_PRINCIPAL else client_certificate_from(ref, data))
+        credential = await self.credentials.load(identity.type, ref, data)
         tenants = (identity.tenant_id, *identity.auxiliary_tenant_ids)
         # Primary tenant first, as upstream answers; gather keeps that order.
         return tuple(await asyncio.gather(*(self._from_aad(identity, t, credential, resource) for t in tenants)))
@@ -291,9 +296,12 @@ def _identity_cache_key(identity: Identity) -> Hashable:
             identity.auxiliary_tenant_ids, identity.ad_endpoint, (ref.namespace, ref.name) if ref else None)
 
 
-def _managed_identity(client_id: str, resource_id: str) -> dict[str, Any]:
+def _managed_identity(client_id: str, resource_id: str, object_id: str = "") -> dict[str, Any]:
+    """MSAL sends these as IMDS's client_id, msi_res_id (mi_res_id is its alias) and object_id."""
     if client_id:
         return dict(msal.UserAssignedManagedIdentity(client_id=client_id))
     if resource_id:
         return dict(msal.UserAssignedManagedIdentity(resource_id=resource_id))
+    if object_id:
+        return dict(msal.UserAssignedManagedIdentity(object_id=object_id))
     return dict(msal.SystemAssignedManagedIdentity())

@@ -1,6 +1,6 @@
 """A fake Kubernetes API server over real HTTP, for tests and the demo.
 
-Speaks what nmi uses: pod, ServiceAccount and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for
+Speaks what nmi uses: pod, ServiceAccount, ReplicaSet, Deployment and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for
 compacted history, streams held open until `timeoutSeconds`), Secret GET, Event POST, and TokenRequest
 (`serviceaccounts/{name}/token`, RS256 tokens signed by `sa_issuer`, bound to a pod checked by name and UID). Records every request so tests
 can assert how the client behaved ("one list, then watches"), and can inject 500s or dropped connections.
@@ -36,7 +36,9 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_binding,
     make_exception,
     make_identity,
+    make_deployment,
     make_pod,
+    make_replicaset,
     make_secret,
     make_service_account,
 )
@@ -92,6 +94,8 @@ class FakeApiServer:
         app.router.add_post("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token", self._token_request)
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._post_event)
+        app.router.add_get("/apis/apps/v1/{plural:replicasets|deployments}", self._collection)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural:replicasets|deployments}", self._collection)
         app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
         app.router.add_get(CRD_PREFIX + "/{plural}", self._collection)
         bound_host, bound_port = await self._site.serve(app, host, port)

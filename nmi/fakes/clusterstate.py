@@ -19,6 +19,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "pods": ("Pod", "v1"),
     "secrets": ("Secret", "v1"),
     "serviceaccounts": ("ServiceAccount", "v1"),
+    "replicasets": ("ReplicaSet", "apps/v1"),
+    "deployments": ("Deployment", "apps/v1"),
     "events": ("Event", "v1"),
     "azureidentities": ("AzureIdentity", "aadpodidentity.k8s.io/v1"),
     "azureidentitybindings": ("AzureIdentityBinding", "aadpodidentity.k8s.io/v1"),

@@ -66,9 +66,11 @@ class FakeImds:
         self._faults: deque[Fault] = deque()
         self.calls: Counter[tuple[str, str]] = Counter()  # (client_id, resource) of answered token requests
         self.token_requests = 0  # every request on the token path, faults included
+        self.queries: list[dict[str, str]] = []  # the query of every request on the token path, in order
         self.request_times: list[float] = []  # clock() at arrival of each token request
         self.in_flight = 0
         self.max_in_flight = 0
+        self.requests: list[tuple[str, str]] = []  # (method, raw path) of every request received, any path
         self._site = FakeSite()
         self.port = 0
 
@@ -80,7 +82,7 @@ class FakeImds:
         self._faults.extend([fault] * count)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.router.add_get(TOKEN_PATH, self._token)
         app.router.add_get("/metadata/instance", self._instance)
         app.router.add_route("*", "/{tail:.*}", self._echo)
@@ -89,8 +91,14 @@ class FakeImds:
     async def stop(self) -> None:
         await self._site.stop()
 
+    @web.middleware
+    async def _record(self, request: web.Request, handler) -> web.StreamResponse:
+        self.requests.append((request.method, request.raw_path))
+        return await handler(request)
+
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self.token_requests += 1
+        self.queries.append(dict(request.query))
         self.request_times.append(self._clock())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

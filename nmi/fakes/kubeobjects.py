@@ -30,14 +30,15 @@ def make_pod(
     phase: str = "Running",
     uid: str | None = None,
     replicaset: str | None = None,
+    replicaset_uid: str | None = None,
     deleting: bool = False,
     host_network: bool = False,
     service_account: str = "default",
 ) -> dict[str, Any]:
     owners = None
     if replicaset:
-        owners = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset, "uid": f"rs-{replicaset}",
-                   "controller": True}]
+        owners = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
+                   "uid": replicaset_uid or f"rs-{replicaset}", "controller": True}]
     status: dict[str, Any] = {"phase": phase}
     if ip:
         status.update(podIP=ip, podIPs=[{"ip": ip}], hostIP="10.240.0.4")
@@ -56,6 +57,25 @@ def make_pod(
         },
         "status": status,
     }
+
+
+def make_deployment(name: str, namespace: str = "default", *, uid: str | None = None) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, namespace, uid=uid),
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": name, "image": "registry.example/mic:1"}]}}}}
+
+
+def make_replicaset(name: str, namespace: str = "default", *, uid: str | None = None, deployment: str | None = None,
+                    deployment_uid: str | None = None) -> dict[str, Any]:
+    """A ReplicaSet, controlled by the named Deployment (with that UID) when one is given."""
+    owners = None
+    if deployment:
+        owners = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                   "uid": deployment_uid or f"deploy-{deployment}", "controller": True, "blockOwnerDeletion": True}]
+    return {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": _meta(name, namespace, uid=uid,
+                                                                              ownerReferences=owners),
+            "spec": {"selector": {"matchLabels": {"app": "mic"}}}}
 
 
 def make_identity(

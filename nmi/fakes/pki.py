@@ -87,3 +87,16 @@ class CertificateAuthority:
         key.write_bytes(self.server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
         return cert, key
+
+
+def with_mac_iterations(bundle: bytes, iterations: int) -> bytes:
+    """The bundle with its MAC key-derivation iteration count rewritten (the MAC no longer verifies): a PKCS#12
+    that costs `iterations` rounds of work to open and then fails, made in microseconds (building a bundle with
+    that many rounds would cost the same work as opening it). Expects `pkcs12_bundle` output: a PFX of 256..65535
+    bytes whose MacData ends the file with the default 2048 iterations."""
+    if not (bundle[:2] == b"\x30\x82" and bundle[-4:] == b"\x02\x02\x08\x00" and 0 < iterations < 2**31):
+        raise ValueError("not a bundle made by pkcs12_bundle")
+    body = bundle[4:-4] + b"\x02\x04" + iterations.to_bytes(4, "big")
+    mac_data = body.rfind(b"\x30\x41\x30\x31")  # SEQUENCE(65) { DigestInfo(49), salt, iterations }
+    body = body[:mac_data] + b"\x30\x43" + body[mac_data + 2:]
+    return b"\x30\x82" + len(body).to_bytes(2, "big") + body

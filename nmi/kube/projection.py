@@ -23,6 +23,7 @@ from ..model import (
     PodInfo,
     SecretRef,
     ServiceAccount,
+    Workload,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ def project_service_account(raw: Any) -> ServiceAccount | None:
     return _guard("ServiceAccount", raw, _service_account)
 
 
+def project_workload(raw: Any) -> Workload | None:
+    """A ReplicaSet or Deployment (apps/v1): its UID and its controlling owner."""
+    return _guard("workload", raw, _workload)
+
+
 def _guard(kind: str, raw: Any, projector):
     try:
         return projector(raw)
@@ -81,14 +87,7 @@ def _pod(raw: Any) -> PodInfo:
     meta = _mapping(raw, "metadata")
     spec = _mapping(raw, "spec", required=False)
     status = _mapping(raw, "status", required=False)
-    owner = ""
-    refs = meta.get("ownerReferences") or []
-    if not isinstance(refs, list):
-        raise Malformed("metadata.ownerReferences is not a list")
-    for ref in refs:
-        if isinstance(ref, Mapping) and str(ref.get("kind", "")).lower() == "replicaset":
-            owner = str(ref.get("name", ""))
-            break
+    owner = _owner(meta, "replicaset")
     return PodInfo(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
@@ -96,11 +95,36 @@ def _pod(raw: Any) -> PodInfo:
         ip=_str(status, "podIP"),
         phase=_str(status, "phase") or "Pending",
         labels=_labels(meta, "labels"),
-        replicaset=owner,
+        replicaset=str(owner.get("name", "")),
+        replicaset_uid=str(owner.get("uid", "")),
         deleting=meta.get("deletionTimestamp") is not None,
         host_network=spec.get("hostNetwork") is True,
         service_account=_str(spec, "serviceAccountName") or "default",
         resource_version=_str(meta, "resourceVersion"),
+    )
+
+
+def _owner(meta: Mapping[str, Any], kind: str | None) -> Mapping[str, Any]:
+    """The owner reference of this kind (any kind with None): the controller one if any is marked, else the first."""
+    refs = meta.get("ownerReferences") or []
+    if not isinstance(refs, list):
+        raise Malformed("metadata.ownerReferences is not a list")
+    candidates = [ref for ref in refs if isinstance(ref, Mapping)
+                  and (kind is None or str(ref.get("kind", "")).lower() == kind)]
+    controllers = [ref for ref in candidates if ref.get("controller") is True]
+    return (controllers or candidates or [EMPTY])[0]
+
+
+def _workload(raw: Any) -> Workload:
+    meta = _mapping(raw, "metadata")
+    owner = _owner(meta, None)
+    return Workload(
+        namespace=_str(meta, "namespace", required=True),
+        name=_str(meta, "name", required=True),
+        uid=_str(meta, "uid"),
+        owner_kind=str(owner.get("kind", "")),
+        owner_name=str(owner.get("name", "")),
+        owner_uid=str(owner.get("uid", "")),
     )
 
 

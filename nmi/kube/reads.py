@@ -11,13 +11,13 @@ import base64
 import binascii
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
 from ..errors import IdentityConfigurationError, Unavailable
-from ..model import PodInfo
+from ..model import PodInfo, SecretData
 from .projection import project_pod
 from .watchstream import json_body
 
@@ -85,7 +85,7 @@ class KubeSecretReader(ApiReader):
         super().__init__(api_client)
         self.timeout = timeout
 
-    async def read_secret(self, namespace: str, name: str) -> Mapping[str, bytes]:
+    async def read_secret(self, namespace: str, name: str) -> SecretData:
         def fetch() -> Any:
             response = self.core.read_namespaced_secret(
                 name, namespace, _preload_content=False, _request_timeout=self.timeout
@@ -105,7 +105,8 @@ class KubeSecretReader(ApiReader):
             raise Unavailable(f"{where} could not be read: API server unreachable") from exc
         try:
             data = body.get("data") or {}
-            return {key: base64.b64decode(value, validate=True) for key, value in data.items()}
+            version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+            return SecretData({key: base64.b64decode(value, validate=True) for key, value in data.items()}, version)
         except (AttributeError, TypeError, binascii.Error) as exc:
             # Never echo the content: only say which object is at fault.
             raise IdentityConfigurationError(f"{where} has data that is not valid base64") from exc

@@ -8,6 +8,8 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from ..cache import IdentityIndex, PodIndex
+from ..identities import MIC_DEPLOYMENT
+from ..workloads import WorkloadIndex
 from .informer import Informer, WatchTarget
 from .projection import (
     project_assigned_identity,
@@ -16,6 +18,7 @@ from .projection import (
     project_identity,
     project_pod,
     project_service_account,
+    project_workload,
 )
 
 GROUP = "aadpodidentity.k8s.io"
@@ -41,6 +44,19 @@ def service_accounts_target(api_client: k8s_client.ApiClient) -> WatchTarget:
         resource="serviceaccounts",
         list_call=k8s_client.CoreV1Api(api_client).list_service_account_for_all_namespaces,
         project=project_service_account,
+    )
+
+
+def mic_owner_targets(api_client: k8s_client.ApiClient, mic_namespace: str) -> tuple[WatchTarget, WatchTarget]:
+    """ReplicaSets of --MICNamespace and its Deployment `mic` (apps/v1), for the MIC owner chain: one namespace,
+    and for Deployments one name (RBAC can grant list/watch of that name alone with this field selector)."""
+    apps = k8s_client.AppsV1Api(api_client)
+    return (
+        WatchTarget(resource="replicasets", project=project_workload,
+                    list_call=functools.partial(apps.list_namespaced_replica_set, mic_namespace)),
+        WatchTarget(resource="deployments", project=project_workload,
+                    list_call=functools.partial(apps.list_namespaced_deployment, mic_namespace),
+                    field_selector=f"metadata.name={MIC_DEPLOYMENT}"),
     )
 
 
@@ -71,11 +87,14 @@ def node_informers(
     managed: bool,
     scale_features: bool = False,
     workload_identity: bool = False,
+    mic_namespace: str = "default",
+    workloads: WorkloadIndex | None = None,
     **informer_options: Any,
 ) -> list[Informer]:
     """The informers one mode needs: this node's pods, AzureIdentity, AzureIdentityBinding and
     AzurePodIdentityException always; AzureAssignedIdentity in standard mode, filtered by the `nodename`
-    label when scale features are on; ServiceAccounts with the workload identity bridge. `informer_options` go to every `Informer`.
+    label when scale features are on, and (given `workloads`) the ReplicaSets and Deployment `mic` of
+    `mic_namespace` for the MIC check; ServiceAccounts with the workload identity bridge. `informer_options` go to every `Informer`.
 
     Unlike upstream, standard mode watches identities and bindings too: a pod no binding selects must fail
     at once rather than wait for an assignment MIC will never make (SPEC §2).
@@ -90,6 +109,10 @@ def node_informers(
         selector = f"nodename={node}" if scale_features else None
         target = crd_target(api_client, ASSIGNED_IDENTITIES, label_selector=selector)
         informers.append(Informer(target, identities.assigned_store, **informer_options))
+        if workloads is not None:
+            replicasets, deployments = mic_owner_targets(api_client, mic_namespace)
+            informers.append(Informer(replicasets, workloads.replicaset_store, **informer_options))
+            informers.append(Informer(deployments, workloads.deployment_store, **informer_options))
     if workload_identity:  # opt-in: without the flag nmi neither lists nor watches ServiceAccounts
         informers.append(Informer(service_accounts_target(api_client), identities.service_account_store,
                                   **informer_options))

@@ -77,8 +77,9 @@ class Tokens:
             raise self.fail_with
         return TokenGrant((self._token(identity.client_id, resource),))
 
-    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "") -> TokenGrant:
-        self.calls.append(("node:" + (client_id or resource_id or "system"), resource))
+    async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                           object_id: str = "") -> TokenGrant:
+        self.calls.append(("node:" + (client_id or resource_id or object_id or "system"), resource))
         return TokenGrant((self._token(client_id or "node-system", resource),))
 
     def forget(self, keep_identity_keys: set[str]) -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from nmi.broker import MANAGED, STANDARD, BrokerPolicy, PodNotOnNode, TokenBroker
 from nmi.errors import IdentityNotAssigned, IdentityNotFound, PodConflict, PodNotFound, Unavailable
-from nmi.model import PodIdentityException, TokenRequest
+from nmi.model import PodIdentityException, TokenRequest, Workload
 
 from tests.core.doubles import Catalog, Pods, Tokens, assignment, binding, identity, pod
 
@@ -84,6 +84,8 @@ async def test_exception_pod_gets_the_node_identity_honouring_client_id():
     assert outcome.identity is None and tokens.calls == [("node:node-uami", "r")]
     await broker.for_caller("10.0.0.9", TokenRequest("r", resource_id="/sub/x"))
     assert tokens.calls[-1] == ("node:/sub/x", "r")
+    await broker.for_caller("10.0.0.9", TokenRequest("r", object_id="oid-node-uami"))
+    assert tokens.calls[-1] == ("node:oid-node-uami", "r")
 
 
 async def test_host_token_for_named_pod_and_unknown_pod():
@@ -161,3 +163,33 @@ async def test_standard_mode_binding_in_other_namespace_counts_only_when_not_nam
     namespaced = TokenBroker(pods, catalog, tokens, policy=BrokerPolicy(mode=STANDARD, namespaced=True))
     with pytest.raises(IdentityNotFound):
         await asyncio.wait_for(namespaced.for_caller("10.0.0.5", TokenRequest("r")), 1)
+
+
+class Workloads:
+    def __init__(self, *items: Workload) -> None:
+        self.items = {(w.namespace, w.name): w for w in items}
+
+    def replicaset(self, namespace: str, name: str) -> Workload | None:
+        item = self.items.get((namespace, name))
+        return item if item and item.owner_kind else None
+
+    def deployment(self, namespace: str, name: str) -> Workload | None:
+        item = self.items.get((namespace, name))
+        return item if item and not item.owner_kind else None
+
+
+async def test_mic_pod_gets_the_node_identity_in_standard_mode_only():
+    workloads = Workloads(Workload("default", "mic-5d9", "uid-rs", "Deployment", "mic", "uid-d"),
+                          Workload("default", "mic", "uid-d"))
+    mic = pod("mic-5d9-x", "10.0.0.7", replicaset="mic-5d9", replicaset_uid="uid-rs")
+    for mode, gets_node_identity in ((STANDARD, True), (MANAGED, False)):
+        tokens = Tokens()
+        broker = TokenBroker(Pods(mic), Catalog(), tokens, policy=BrokerPolicy(mode=mode, namespaced=mode == MANAGED),
+                             workloads=workloads)
+        if gets_node_identity:
+            assert (await broker.for_caller("10.0.0.7", TokenRequest("r"))).identity is None
+            assert tokens.calls == [("node:system", "r")]
+        else:
+            with pytest.raises(IdentityNotFound):
+                await broker.for_caller("10.0.0.7", TokenRequest("r"))
+            assert tokens.calls == []

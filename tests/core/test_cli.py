@@ -99,6 +99,19 @@ def test_workload_identity_authority_host_must_be_an_https_url(value):
         parse_args([f"--workload-identity-authority-host={value}"])
 
 
+def test_secret_namespace_and_authority_host_rules_are_strict_by_default():
+    defaults = parse_args([])
+    assert defaults.allow_cross_namespace_secrets is False and defaults.allowed_authority_hosts == ()
+    on = parse_args(["--allow-cross-namespace-secrets", "--allowed-authority-hosts=Login.Contoso.example, 127.0.0.1,,::1"])
+    assert on.allow_cross_namespace_secrets is True
+    assert on.allowed_authority_hosts == ("login.contoso.example", "127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize("value", ["https://login.contoso.example", "login.contoso.example:443", "a/b", "*.example",
+                                   "login contoso"])
+def test_allowed_authority_hosts_are_plain_host_names(value):
+    with pytest.raises(UsageError, match="--allowed-authority-hosts"):
+        parse_args([f"--allowed-authority-hosts={value}"])
 # Upstream flags whose value changes nothing in nmi: a manifest carried over from aad-pod-identity must keep
 # running (one warning line each), not crash-loop on exit 2.
 @pytest.mark.parametrize("argv, shown", [

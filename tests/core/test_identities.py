@@ -1,5 +1,5 @@
 from nmi import identities as rules
-from nmi.model import PodIdentityException, TokenRequest
+from nmi.model import PodIdentityException, TokenRequest, Workload
 
 from tests.core.doubles import assignment, binding, identity, pod
 
@@ -42,13 +42,40 @@ def test_exception_matches_label_value_case_insensitively_in_same_namespace():
     assert not rules.is_excepted(p, [PodIdentityException("default", "e", {})])
 
 
-def test_mic_shortcut_only_for_the_deployment_named_mic():
-    mic = pod("mic-5d9-x", "1.1.1.1", replicaset="mic-5d9", labels={"pod-template-hash": "5d9"})
-    assert rules.is_mic_pod(mic, mic_namespace="Default")
-    mickey = pod("mickey-5d9-x", "1.1.1.1", replicaset="mickey-5d9", labels={"pod-template-hash": "5d9"})
-    assert not rules.is_mic_pod(mickey, mic_namespace="default")
-    assert not rules.is_mic_pod(mic, mic_namespace="kube-system")
-    assert not rules.is_mic_pod(pod("mic-5d9-x", "1.1.1.1", replicaset="mic-5d9"), mic_namespace="default")
+MIC_RS = Workload("default", "mic-5d9", "uid-rs", "Deployment", "mic", "uid-deploy")
+MIC_DEPLOY = Workload("default", "mic", "uid-deploy")
+
+
+def mic_pod(**kw):
+    options = dict(replicaset="mic-5d9", replicaset_uid="uid-rs", labels={"pod-template-hash": "5d9"})
+    options.update(kw)
+    return pod("mic-5d9-x", "1.1.1.1", **options)
+
+
+def test_mic_shortcut_for_the_pod_of_deployment_mic_by_uid_through_its_replicaset():
+    assert rules.is_mic_pod(mic_pod(), mic_namespace="Default", replicaset=MIC_RS, deployment=MIC_DEPLOY)
+    assert rules.is_mic_pod(mic_pod(labels={}), mic_namespace="default", replicaset=MIC_RS, deployment=MIC_DEPLOY)
+
+
+def test_attack_forged_mic_owner_chains_get_no_node_identity():
+    forged = {
+        "bare pod naming a ReplicaSet nobody created": (mic_pod(), None, MIC_DEPLOY),
+        "forged ReplicaSet UID": (mic_pod(replicaset_uid="uid-forged"), MIC_RS, MIC_DEPLOY),
+        "owner reference without UID": (mic_pod(replicaset_uid=""), MIC_RS, MIC_DEPLOY),
+        "ReplicaSet of Deployment mickey": (mic_pod(), Workload("default", "mic-5d9", "uid-rs", "Deployment", "mickey",
+                                                                "uid-deploy"), MIC_DEPLOY),
+        "ReplicaSet of no Deployment": (mic_pod(), Workload("default", "mic-5d9", "uid-rs"), MIC_DEPLOY),
+        "ReplicaSet owned by something else named mic": (
+            mic_pod(), Workload("default", "mic-5d9", "uid-rs", "StatefulSet", "mic", "uid-deploy"), MIC_DEPLOY),
+        "Deployment mic was replaced (UID differs)": (mic_pod(), MIC_RS, Workload("default", "mic", "uid-new")),
+        "no Deployment mic": (mic_pod(), MIC_RS, None),
+        "the chain in another namespace": (mic_pod(ns="team"), Workload("team", "mic-5d9", "uid-rs", "Deployment",
+                                                                         "mic", "uid-deploy"),
+                                           Workload("team", "mic", "uid-deploy")),
+        "ReplicaSet of another name": (mic_pod(replicaset="mic-other"), MIC_RS, MIC_DEPLOY),
+    }
+    for what, (p, rs, deploy) in forged.items():
+        assert not rules.is_mic_pod(p, mic_namespace="default", replicaset=rs, deployment=deploy), what
 
 
 def test_standard_assignment_buckets_and_namespaced_filter():

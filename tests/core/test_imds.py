@@ -19,6 +19,10 @@ OK_HEADERS = {"Metadata": "true"}
     ("/metadata/identity/%2e%2e/instance", "/metadata/instance"),
     ("/metadata%2Finstance", "/metadata/instance"),
     ("/../../metadata/instance", "/metadata/instance"),
+    ("/metadata\\instance", "/metadata/instance"),
+    ("/metadata%5Cinstance/compute", "/metadata/instance/compute"),
+    ("/Metadata/INSTANCE", "/Metadata/INSTANCE"),
+    ("/metadata%252Finstance", "/metadata%2Finstance"),
     ("", "/"),
 ])
 def test_paths_are_normalised_before_routing(raw, expected):
@@ -38,11 +42,6 @@ def test_invalid_utf8_and_nul_in_path_are_bad_requests():
     ("/Metadata/identity/oauth2/token/", Route.TOKEN),
     ("/METADATA/identity/oauth2/token", Route.TOKEN),
     ("/metadata/identity/oauth2/tokenXYZ", Route.TOKEN),
-    ("/metadata/Identity/oauth2/token/", Route.PROXY),
-    ("/metadata/identity\\oauth2/token/", Route.INVALID_TOKEN_PATH),
-    ("/metadata/identity/oauth2\\token/", Route.INVALID_TOKEN_PATH),
-    ("/metadata/identity\\\\\\oauth2\\\\token/", Route.INVALID_TOKEN_PATH),
-    ("/metadata/identity/\\oauth2\\token/", Route.INVALID_TOKEN_PATH),
     ("/foo/metadata/identity/x/oauth2/y/token", Route.INVALID_TOKEN_PATH),
     ("/host/token", Route.HOST_TOKEN),
     ("/host/token/", Route.HOST_TOKEN),
@@ -50,20 +49,73 @@ def test_invalid_utf8_and_nul_in_path_are_bad_requests():
     ("/metadata/instance", Route.PROXY),
     ("/metadata/", Route.PROXY),
     ("/doesnotexist", Route.PROXY),
-    ("/metadata/identity/info", Route.PROXY),
 ])
 def test_route_table_matches_upstream_order(path, route):
     assert imds.route_for(path, block_instance_metadata=False) is route
+
+
+# SPEC §7: routing is on the canonical path (decoded once, `\` read as `/`, dot segments and `//` resolved),
+# compared case-insensitively. Upstream answered the backslash spellings 400; here they are the token route,
+# which is just as safe (never proxied) and is what the same request spelled plainly gets.
+@pytest.mark.parametrize("raw", [
+    "/metadata/Identity/oauth2/token", "/METADATA/IDENTITY/OAUTH2/TOKEN/", "/metadata%2Fidentity%2Foauth2%2Ftoken",
+    "/metadata%5Cidentity%5Coauth2%5Ctoken", "/metadata/identity\\oauth2/token/", "/metadata/identity/oauth2\\token/",
+    "/metadata/identity\\\\\\oauth2\\\\token/", "/metadata/identity/\\oauth2\\token/", "/metadata/%49dentity/oauth2/token",
+    "//metadata//identity/./oauth2/x/../token", "http://169.254.169.254/metadata/Identity/oauth2/token?resource=r",
+    "/metadata/identity/oauth2/token%3Fresource=x",
+])
+def test_every_spelling_of_the_token_route_is_the_token_route(raw):
+    assert imds.route_for(imds.canonical_path(raw), block_instance_metadata=False) is Route.TOKEN
+
+
+@pytest.mark.parametrize("raw", [
+    "/metadata/identity/info", "/metadata/Identity/info", "/metadata/identity", "/metadata/IDENTITY/",
+    "/metadata/identity/oauth2", "/metadata/identity/oauth2/tok", "/metadata%2Fidentity/oauth2/", "/metadata/identityX",
+    "/metadata\\identity\\oauth2", "/x/../metadata/identity/y/oauth2/z/token",
+])
+def test_any_other_path_under_metadata_identity_is_refused(raw):
+    assert imds.route_for(imds.canonical_path(raw), block_instance_metadata=False) is Route.INVALID_TOKEN_PATH
+
+
+@pytest.mark.parametrize("raw", ["/HOST/token", "/Host/Token/", "/host%2Ftoken", "/host\\token", "/x/../host/token",
+                                 "/host/TOKEN?resource=r"])
+def test_every_spelling_of_host_token_is_the_host_token_route(raw):
+    """Decided: a case variant of /host/token is the host-token route (served to 127.0.0.1 only), never
+    proxied; the safe reading whatever IMDS would make of it."""
+    assert imds.route_for(imds.canonical_path(raw), block_instance_metadata=True) is Route.HOST_TOKEN
+
+
+@pytest.mark.parametrize("path", ["/metadata%25252Finstance", "/metadata;x/instance", "/metadata/inst%C4%B1nce",
+                                  "/metadata./instance", "/metadata/instance%3F", "/metadata/ x", "/a%0Ab",
+                                  "/metadata/\u212anstance"])
+def test_proxied_paths_must_be_spelled_as_imds_spells_its_own(path):
+    with pytest.raises(BadRequest):
+        imds.check_proxyable(imds.canonical_path(path))
+
+
+@pytest.mark.parametrize("path", ["/metadata/versions", "/metadata/attested/document", "/metadata/scheduledevents",
+                                  "/metadata/instance/compute/tagsList", "/"])
+def test_imds_own_paths_are_proxyable(path):
+    imds.check_proxyable(imds.canonical_path(path))
 
 
 @pytest.mark.parametrize("raw", [
     "/metadata/instance", "/Metadata/instance", "/Metadata/instance/", "/metadata/instance/compute",
     "/METADATA/INSTANCE", "/metadata/identity/../instance", "//metadata/instance", "/metadata/%69nstance",
     "/metadata/./instance", "/x/../metadata/instance?api-version=2021-02-01", "/metadata%2finstance",
+    "/metadata\\instance", "/metadata%5Cinstance/compute", "/Metadata/INSTANCE", "/metadata%5cINSTANCE",
+    "http://169.254.169.254/metadata/instance", "/metadata/instance.", "/metadata/instance/",
 ])
 def test_instance_metadata_blocked_in_every_spelling(raw):
-    path = imds.normalise_path(raw)
+    path = imds.canonical_path(raw)
     assert imds.route_for(path, block_instance_metadata=True) is Route.INSTANCE_BLOCKED
+
+
+def test_absolute_form_is_reduced_to_its_path_and_other_forms_are_refused():
+    assert imds.canonical_path("HTTP://169.254.169.254:80/metadata/versions?x=1") == "/metadata/versions"
+    for target in ("*", "169.254.169.254:80", "metadata/instance"):
+        with pytest.raises(BadRequest):
+            imds.canonical_path(target)
 
 
 def parse(query, headers=OK_HEADERS, method="GET", required=True):

@@ -105,10 +105,11 @@ def test_renderings_contain_the_objects_they_promise(renderings):
     assert len(renderings) == 2 + len(OVERLAYS) * 2 ** len(COMPONENTS)
     for mode in OVERLAYS:
         kinds = sorted(obj["kind"] for obj in renderings[f"overlays/{mode}"])
-        assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"])
+        mic_owners = ["Role", "RoleBinding"] if mode == "standard" else []  # the MIC owner chain, MIC's namespace
+        assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"] + mic_owners)
         for subset in _component_subsets():
             rendering = renderings["+".join((f"overlays/{mode}",) + subset)]
-            assert len(rendering) == 4 + sum(COMPONENT_OBJECTS[name] for name in subset)
+            assert len(rendering) == len(kinds) + sum(COMPONENT_OBJECTS[name] for name in subset)
     assert sorted(obj["kind"] for obj in renderings["crds"]) == ["CustomResourceDefinition"] * 4
     example_kinds = sorted(obj["kind"] for obj in renderings["examples"])
     assert example_kinds == ["AzureIdentity", "AzureIdentity", "AzureIdentityBinding", "Pod", "Secret"]

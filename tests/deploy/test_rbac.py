@@ -40,6 +40,29 @@ def test_each_mode_grants_only_the_reads_that_mode_makes(mode):
     assert _grants(render_overlay(mode)) == COMMON_GRANTS | MODE_GRANTS[mode]
 
 
+def _namespaced_grants(objects: list[Manifest]) -> set[tuple[str, str, str, str, tuple[str, ...]]]:
+    """(namespace, apiGroup, resource, verb, resourceNames) granted to nmi's ServiceAccount through RoleBindings."""
+    roles = {(obj["metadata"]["namespace"], obj["metadata"]["name"]): obj for obj in objects if obj["kind"] == "Role"}
+    grants = set()
+    for binding in (obj for obj in objects if obj["kind"] == "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nmi", "namespace": "kube-system"}]
+        assert binding["roleRef"]["kind"] == "Role"
+        namespace = binding["metadata"]["namespace"]
+        for rule in roles[(namespace, binding["roleRef"]["name"])]["rules"]:
+            names = tuple(rule.get("resourceNames", ()))
+            grants |= {(namespace, g, r, v, names) for g in rule["apiGroups"] for r in rule["resources"]
+                       for v in rule["verbs"]}
+    return grants
+
+
+def test_standard_mode_watches_replicasets_and_the_deployment_mic_in_mics_namespace_only(mode):
+    """The MIC owner chain: no get, nothing cluster-wide, Deployments by the one name nmi watches."""
+    expected = {("default", "apps", "replicasets", "list", ()), ("default", "apps", "replicasets", "watch", ()),
+                ("default", "apps", "deployments", "list", ("mic",)),
+                ("default", "apps", "deployments", "watch", ("mic",))}
+    assert _namespaced_grants(render_overlay(mode)) == (expected if mode == "standard" else set())
+
+
 def test_secrets_are_readable_by_name_only_with_the_component(mode, tmp_path: Path):
     without = _grants(render_overlay(mode))
     directory = write_overlay_with_components(mode, tmp_path, ("service-principal-secrets",))

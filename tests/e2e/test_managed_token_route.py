@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_pod
+from nmi.fakes.kubeobjects import make_deployment, make_pod, make_replicaset
 
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, NS
 
@@ -116,6 +116,23 @@ def test_exception_pod_gets_the_nodes_identity_honouring_client_id(nmi):
     assert answer.status == 200 and answer.json["client_id"] == NODE_IDENTITY.client_id
     answer = nmi.token(source="127.0.0.3", resource="https://vault.azure.net", client_id=C.client_id)
     assert answer.status == 200 and answer.json["client_id"] == C.client_id
+
+
+@pytest.mark.parametrize("selector, wanted, imds_selector", [
+    ({"object_id": A.object_id}, A, {"object_id": A.object_id}),
+    ({"mi_res_id": B.resource_id}, B, {"msi_res_id": B.resource_id}),
+    ({"msi_res_id": C.resource_id}, C, {"msi_res_id": C.resource_id}),
+])
+def test_exception_pod_selectors_reach_imds_as_imds_own_never_dropped(nmi, fakes, selector, wanted, imds_selector):
+    """Upstream dropped object_id and mi_res_id and answered with the node's system-assigned token."""
+    resource = f"https://exception-{next(iter(selector))}.example/"
+    answer = nmi.token(source="127.0.0.3", resource=resource, **selector)
+    assert answer.status == 200, answer.body
+    assert answer.json["client_id"] == wanted.client_id and oid(answer) == wanted.object_id
+    sent = fakes.call(lambda: [q for q in fakes.imds.queries if q.get("resource") == resource])
+    assert len(sent) == 1
+    assert {k: v for k, v in sent[0].items() if k in ("client_id", "msi_res_id", "mi_res_id", "object_id")} \
+        == imds_selector
 
 
 def test_tokens_are_cached_per_identity_and_resource(nmi, fakes):
@@ -244,3 +261,20 @@ def test_thousands_of_junk_resources_keep_metric_labels_bounded(nmi):
     series = [line for line in metrics.splitlines() if line.startswith("aadpodidentity_nmi_operations_duration_seconds_count")]
     assert len(series) < 50
     assert "junk-" not in metrics and 'resource="other"' in metrics
+
+
+def test_attack_managed_mode_has_no_mic_shortcut_even_for_a_perfect_owner_chain(nmi, fakes):
+    """Managed mode runs no MIC: a pod of Deployment `mic` (real chain, by UID) gets nothing, and a bare pod with a
+    forged mic-<hash> owner reference (the reproduced attack: it got the kubelet's identity) neither."""
+    for obj in (make_deployment("mic", "default", uid="uid-managed-mic"),
+                make_replicaset("mic-8b8b8b", "default", uid="uid-managed-rs", deployment="mic",
+                                deployment_uid="uid-managed-mic"),
+                make_pod("mic-8b8b8b-xxxxx", "default", "127.0.0.70", NODE, replicaset="mic-8b8b8b",
+                         replicaset_uid="uid-managed-rs", labels={"pod-template-hash": "8b8b8b"}),
+                make_pod("bare", "default", "127.0.0.71", NODE, replicaset="mic-9a9a9a",
+                         labels={"pod-template-hash": "9a9a9a"})):
+        fakes.put(obj)
+    for source in ("127.0.0.70", "127.0.0.71"):
+        answer = nmi.token(source=source)
+        assert answer.status == 400 and answer.json["error_description"] == "Identity not found", answer.body
+    assert fakes.call(lambda: fakes.api.requests_for("replicasets") + fakes.api.requests_for("deployments")) == []

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from nmi.fakes.kubeobjects import (make_assigned_identity, make_binding, make_exception, make_identity,
-                                   make_pod)
+from nmi.fakes.kubeobjects import (make_assigned_identity, make_binding, make_deployment, make_exception,
+                                   make_identity, make_pod, make_replicaset)
 
 from tests.e2e.conftest import A, B, C, NODE_IDENTITY
 from tests.e2e.harness import BackgroundFakes, NmiProcess
@@ -39,10 +39,31 @@ def std(tmp_path_factory):
                 make_pod("nobinding", NS, "127.0.0.32", NODE, labels={"aadpodidbinding": "zzz"}),
                 make_pod("sys", NS, "127.0.0.33", NODE, labels={"kind": "system"}),
                 make_exception("sys", NS, pod_labels={"kind": "system"}),
+                # The real MIC: Deployment mic -> ReplicaSet mic-7d9f5c -> pod, linked by UID.
+                make_deployment("mic", "default", uid="uid-deploy-mic"),
+                make_replicaset("mic-7d9f5c", "default", uid="uid-rs-mic", deployment="mic",
+                                deployment_uid="uid-deploy-mic"),
                 make_pod("mic-7d9f5c-abcde", "default", "127.0.0.34", NODE, replicaset="mic-7d9f5c",
-                         labels={"pod-template-hash": "7d9f5c"}),
+                         replicaset_uid="uid-rs-mic", labels={"pod-template-hash": "7d9f5c"}),
                 make_pod("mickey-7d9f5c-abcde", "default", "127.0.0.35", NODE, replicaset="mickey-7d9f5c",
-                         labels={"pod-template-hash": "7d9f5c"})):
+                         labels={"pod-template-hash": "7d9f5c"}),
+                # Forgeries, all in --MICNamespace, each by someone who may create pods / ReplicaSets there.
+                make_pod("bare-mic-5f5f5f-aaaaa", "default", "127.0.0.40", NODE, replicaset="mic-5f5f5f",
+                         replicaset_uid="uid-made-up", labels={"pod-template-hash": "5f5f5f"}),
+                make_deployment("mickey", "default", uid="uid-deploy-mickey"),
+                make_replicaset("mic-6e6e6e", "default", uid="uid-rs-of-mickey", deployment="mickey",
+                                deployment_uid="uid-deploy-mickey"),
+                make_pod("mic-6e6e6e-bbbbb", "default", "127.0.0.41", NODE, replicaset="mic-6e6e6e",
+                         replicaset_uid="uid-rs-of-mickey", labels={"pod-template-hash": "6e6e6e"}),
+                make_replicaset("mic-4d4d4d", "default", uid="uid-rs-orphan"),
+                make_pod("mic-4d4d4d-ccccc", "default", "127.0.0.42", NODE, replicaset="mic-4d4d4d",
+                         replicaset_uid="uid-rs-orphan", labels={"pod-template-hash": "4d4d4d"}),
+                make_pod("mic-7d9f5c-ddddd", "default", "127.0.0.43", NODE, replicaset="mic-7d9f5c",
+                         replicaset_uid="uid-forged", labels={"pod-template-hash": "7d9f5c"}),
+                make_replicaset("mic-3c3c3c", "default", uid="uid-rs-mic-forged", deployment="mic",
+                                deployment_uid="uid-forged-deployment"),
+                make_pod("mic-3c3c3c-eeeee", "default", "127.0.0.44", NODE, replicaset="mic-3c3c3c",
+                         replicaset_uid="uid-rs-mic-forged", labels={"pod-template-hash": "3c3c3c"})):
         fakes.put(obj)
     nmi = NmiProcess(tmp_path_factory.mktemp("std"), fakes, node=NODE, extra=[
         "--retry-attempts-for-created=2", "--retry-attempts-for-assigned=1", "--find-identity-retry-interval=1"])
@@ -140,6 +161,28 @@ def test_exception_pod_and_the_mic_deployment_get_node_identities(std):
     assert nmi.token(source="127.0.0.34").json["client_id"] == NODE_IDENTITY.client_id
     mickey = nmi.token(source="127.0.0.35")
     assert mickey.status == 400  # a Deployment merely named mic-something is not MIC
+
+
+@pytest.mark.parametrize("source, forgery", [
+    ("127.0.0.40", "bare pod: owner reference to a ReplicaSet mic-<hash> that does not exist, pod-template-hash label"),
+    ("127.0.0.41", "ReplicaSet mic-6e6e6e owned by Deployment mickey"),
+    ("127.0.0.42", "ReplicaSet mic-4d4d4d owned by no Deployment"),
+    ("127.0.0.43", "the real ReplicaSet's name with a forged UID"),
+    ("127.0.0.44", "ReplicaSet naming Deployment mic with a UID that is not the real one's"),
+])
+def test_attack_forged_mic_owner_chain_gets_no_node_identity(std, source, forgery):
+    fakes, nmi = std
+    answer = nmi.token(source=source)
+    assert answer.status == 400, (forgery, answer.body)
+    assert answer.json["error_description"] == "Identity not found"
+
+
+def test_mic_check_watches_replicasets_and_deployment_mic_of_the_mic_namespace_only(std):
+    fakes, nmi = std
+    for resource, query in (("replicasets", {}), ("deployments", {"fieldSelector": "metadata.name=mic"})):
+        requests = fakes.call(lambda: fakes.api.requests_for(resource))
+        assert requests and all(r.path.startswith(f"/apis/apps/v1/namespaces/default/{resource}") for r in requests)
+        assert all(r.query.get("fieldSelector") == query.get("fieldSelector") for r in requests)
 
 
 def test_host_token_in_standard_mode(std):

@@ -9,6 +9,8 @@ import pytest
 
 from nmi.cache import IdentityIndex, PodIndex
 from nmi.fakes.apiserver import (
+    make_deployment,
+    make_replicaset,
     make_assigned_identity,
     make_binding,
     make_exception,
@@ -16,6 +18,8 @@ from nmi.fakes.apiserver import (
     make_pod,
 )
 from nmi.kube import Informer, backoff_delay, node_informers, pods_target
+from nmi.model import Workload
+from nmi.workloads import WorkloadIndex
 
 from .conftest import NODE, eventually, running
 
@@ -226,6 +230,22 @@ async def test_standard_mode_with_scale_features_watches_assigned_identities_of_
     assigned = apiserver.requests_for("azureassignedidentities")
     assert {r.query.get("labelSelector") for r in assigned} == {"nodename=node-1"}
     assert apiserver.count("azureidentitybindings", "list") == 1  # a pod no binding selects must fail fast
+
+
+async def test_standard_mode_watches_replicasets_and_deployment_mic_of_the_mic_namespace(apiserver, api_client):
+    apiserver.put(make_deployment("mic", "aad", uid="uid-d"))
+    apiserver.put(make_deployment("mickey", "aad", uid="uid-m"))
+    apiserver.put(make_replicaset("mic-1a", "aad", uid="uid-rs", deployment="mic", deployment_uid="uid-d"))
+    apiserver.put(make_replicaset("mic-1a", "elsewhere", uid="uid-other"))
+    workloads = WorkloadIndex()
+    informers = node_informers(api_client, node=NODE, pods=PodIndex(), identities=IdentityIndex(), managed=False,
+                               mic_namespace="aad", workloads=workloads, watch_timeout_seconds=30)
+    async with running(*informers):
+        assert workloads.replicaset("aad", "mic-1a") == Workload("aad", "mic-1a", "uid-rs", "Deployment", "mic", "uid-d")
+        assert workloads.deployment("aad", "mic").uid == "uid-d"
+        assert workloads.deployment("aad", "mickey") is None and workloads.replicaset("elsewhere", "mic-1a") is None
+        apiserver.delete("Deployment", "aad", "mic")
+        await eventually(lambda: workloads.deployment("aad", "mic") is None)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped():

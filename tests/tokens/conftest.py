@@ -10,9 +10,12 @@ import pytest
 from nmi.errors import IdentityConfigurationError
 from nmi.fakes.aad import FakeAad
 from nmi.fakes.imds import FakeImds, VmIdentity
+from nmi.sp_credentials import CredentialPolicy
 from nmi.tokens import TokenService
 
 START = 1_800_000_000.0
+# The fake Azure AD listens on loopback: trusted here as an operator would with --allowed-authority-hosts.
+LOOPBACK_AUTHORITY = CredentialPolicy(allowed_authority_hosts=frozenset({"127.0.0.1"}))
 
 
 class VirtualClock:
@@ -96,7 +99,8 @@ async def make_service(clock: VirtualClock, secrets: DictSecretReader) -> AsyncI
 
     def make(imds: FakeImds | None = None, **overrides) -> TokenService:
         options = dict(metadata_ip="127.0.0.1", metadata_port=imds.port if imds else 9, clock=clock,
-                       sleep=clock.sleep, retry_budget=10.0, max_attempts=4, attempt_timeout=2.0)
+                       sleep=clock.sleep, retry_budget=10.0, max_attempts=4, attempt_timeout=2.0,
+                       credential_policy=LOOPBACK_AUTHORITY)
         options.update(overrides)
         service = TokenService(secrets, **options)
         made.append(service)

@@ -69,14 +69,17 @@ async def test_node_token_without_a_selector_is_the_system_assigned_identity(imd
     assert grant.primary.object_id == "oid-system"
 
 
-@pytest.mark.parametrize("selector, object_id", [
-    ({"client_id": "cid-user-2"}, "oid-user-2"),
-    ({"resource_id": "/subscriptions/s/rg/id-1"}, "oid-user-1"),
+@pytest.mark.parametrize("selector, object_id, sent", [
+    ({"client_id": "cid-user-2"}, "oid-user-2", {"client_id": "cid-user-2"}),
+    ({"resource_id": "/subscriptions/s/rg/id-1"}, "oid-user-1", {"msi_res_id": "/subscriptions/s/rg/id-1"}),
+    ({"object_id": "oid-user-2"}, "oid-user-2", {"object_id": "oid-user-2"}),
 ])
-async def test_node_token_honours_client_id_and_resource_id(imds, make_service, selector, object_id):
+async def test_node_token_honours_each_selector_as_imds_own(imds, make_service, selector, object_id, sent):
     grant = await make_service(imds).get_for_node(ARM, **selector)
 
     assert grant.primary.object_id == object_id
+    (query,) = imds.queries
+    assert {k: v for k, v in query.items() if k in ("client_id", "msi_res_id", "mi_res_id", "object_id")} == sent
 
 
 async def test_imds_is_reached_at_the_configured_metadata_address_whatever_the_environment(
