@@ -21,11 +21,13 @@ manifests:
 	@.venv/bin/python scripts/render_manifests.py --image '$(IMAGE)'
 
 # requirements.lock: the image's exact dependencies with their sha256 hashes, resolved from pyproject.toml
-# (Python 3.11, as the image) by pip-tools in a throwaway venv; local pip settings (extra indexes, find-links,
-# constraints) are ignored so that only the public index decides.
+# (Python 3.11, as the image) by pip-tools in a throwaway venv; requirements-build.lock: the same for the build
+# tools (setuptools, wheel) that build python-iptables' sdist and nmi. Local pip settings (extra indexes,
+# find-links, constraints) are ignored so that only the public index decides.
+PIP_COMPILE = env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+	/tmp/nmi-lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url
 lock:
 	@rm -rf /tmp/nmi-lock-venv && python3.11 -m venv /tmp/nmi-lock-venv
 	@/tmp/nmi-lock-venv/bin/pip install -q pip-tools==7.6.2
-	@env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-	  /tmp/nmi-lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --build-deps-for=wheel \
-	  --no-emit-index-url --output-file=requirements.lock pyproject.toml
+	@$(PIP_COMPILE) --output-file=requirements.lock pyproject.toml
+	@$(PIP_COMPILE) --build-deps-for=wheel --only-build-deps --output-file=requirements-build.lock pyproject.toml

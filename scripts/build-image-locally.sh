@@ -33,5 +33,5 @@ trap '"${B[@]}" rm "$check" >/dev/null' EXIT
 "${B[@]}" run --isolation chroot "$check" -- /opt/venv/bin/python -c "import iptc; print('python-iptables loads')"
 "${B[@]}" run --isolation chroot "$check" -- sh -c 'if command -v gcc; then exit 1; else echo "no compiler in the image"; fi'
 # Sizes as buildah reports them (uncompressed): the image, and the debootstrapped base it was built on.
-"${B[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' localhost/nmi:dev localhost/nmi-base
+for image in localhost/nmi:dev localhost/nmi-base; do "${B[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$image"; done
 echo "built localhost/nmi:dev (buildah storage in $WORK/storage)"

@@ -1,6 +1,6 @@
-"""The image installs exactly what requirements.lock pins, by hash, and the lock covers everything nmi needs:
-every third-party package nmi/ and iptables/ import is declared in pyproject.toml, every declared package is
-locked, and every locked package's own requirements are locked too."""
+"""The image installs exactly what the lock files pin, by hash, and they cover everything nmi needs: every
+third-party package nmi/ and iptables/ import is declared in pyproject.toml, every declared package is locked
+(and the build tools in requirements-build.lock), and every locked package's own requirements are locked too."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from .conftest import REPO
 from .test_dockerfile import DOCKERFILE, _stages
 
 LOCK = REPO / "requirements.lock"
+BUILD_LOCK = REPO / "requirements-build.lock"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # The demo drives real pod-side clients (azure-identity, msrestazure): test extras, never imported by the daemon.
 DEV_ONLY_PACKAGES = (REPO / "nmi" / "demo",)
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 
 
-def _locked() -> dict[str, tuple[str, int]]:
+def _locked(lock: Path = LOCK) -> dict[str, tuple[str, int]]:
     """canonical name -> (version, number of hashes), from the pip-compile output."""
     entries: dict[str, tuple[str, int]] = {}
     current = None
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if match := _PIN.match(line):
             current = canonicalize_name(match.group(1))
             entries[current] = (match.group(2), 0)
@@ -75,10 +76,12 @@ def test_the_demos_imports_are_in_the_test_extras():
 
 
 def test_every_declared_and_build_dependency_is_pinned_with_hashes():
-    locked = _locked()
-    needed = _declared(PYPROJECT["project"]["dependencies"]) | _declared(PYPROJECT["build-system"]["requires"])
-    assert needed - set(locked) == set()
-    assert {name: hashes for name, (_, hashes) in locked.items() if hashes == 0} == {}
+    locked, build_locked = _locked(), _locked(BUILD_LOCK)
+    assert _declared(PYPROJECT["project"]["dependencies"]) - set(locked) == set()
+    # nmi's build tools; python-iptables ships only an sdist and builds with the same setuptools
+    assert _declared(PYPROJECT["build-system"]["requires"]) | {"setuptools", "wheel"} <= set(build_locked)
+    for entries in (locked, build_locked):
+        assert {name: hashes for name, (_, hashes) in entries.items() if hashes == 0} == {}
     for text in PYPROJECT["project"]["dependencies"]:  # the pins satisfy pyproject's ranges
         requirement = Requirement(text)
         assert requirement.specifier.contains(locked[canonicalize_name(requirement.name)][0]), text
@@ -87,7 +90,7 @@ def test_every_declared_and_build_dependency_is_pinned_with_hashes():
 def test_the_lock_is_closed_under_requirements():
     # What pip check does in the image, here: each locked package's own requirements (for Linux, Python 3.11,
     # no extras) are locked as well. Requirements are read from the installed metadata of the same packages.
-    locked = _locked()
+    locked = _locked() | _locked(BUILD_LOCK)
     environment = default_environment() | {"sys_platform": "linux", "platform_system": "Linux",
                                            "python_version": "3.11", "extra": ""}
     missing = {}
@@ -110,12 +113,14 @@ def test_dockerfile_installs_the_lock_by_hash_then_nmi_without_dependencies():
     runs = [arguments for keyword, arguments in build if keyword == "RUN"]
     copies = [arguments for keyword, arguments in build if keyword == "COPY"]
     lock_install = next(run for run in runs if "-r requirements.lock" in run)
-    assert {"--require-hashes", "--no-deps", "--no-build-isolation"} <= set(lock_install.split())
+    build_tools, packages = (part.strip() for part in lock_install.split("&&"))
+    assert build_tools.endswith("-r requirements-build.lock") and "--require-hashes" in build_tools.split()
+    assert {"--require-hashes", "--no-deps", "--no-build-isolation"} <= set(packages.split())
     nmi_install = next(run for run in runs if re.search(r"pip install [^&]* \.(\s|$)", run))
-    assert "--no-deps" in nmi_install.split() and "pip check" in nmi_install
-    # the lock is installed before nmi's sources are copied (a source change keeps the dependency layer cached)
-    assert copies.index("requirements.lock ./") < copies.index("pyproject.toml README.md ./")
+    assert {"--no-deps", "--no-build-isolation"} <= set(nmi_install.split()) and "pip check" in nmi_install
+    # the locks are installed before nmi's sources are copied (a source change keeps the dependency layer cached)
+    assert copies.index("requirements-build.lock requirements.lock ./") < copies.index("pyproject.toml README.md ./")
     assert runs.index(lock_install) < runs.index(nmi_install)
     # no other pip install in either stage could bring in something unhashed
     every_run = runs + [arguments for keyword, arguments in runtime if keyword == "RUN"]
-    assert [run for run in every_run if "pip install" in run] == [lock_install, nmi_install]
+    assert sum(run.count("pip install") for run in every_run) == 3
