@@ -20,6 +20,22 @@ RETURN_RULE = "-j RETURN"
 LOOPBACK = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where one of nmi's chains lives: its table, its name, and the built-in chains that jump to it (first)."""
+
+    table: str
+    chain: str
+    hooks: tuple[str, ...]
+
+    @property
+    def jump_rule(self) -> str:
+        return f"-j {self.chain}"
+
+
+NAT = Layout(TABLE, CHAIN, (HOOK_CHAIN,))
+
+
 def dnat_target(listen_address: str) -> str:
     """Where the DNAT rule sends pod traffic: the listen address, or loopback when nmi listens everywhere."""
     return LOOPBACK if listen_address == "0.0.0.0" else listen_address
@@ -85,7 +101,7 @@ class Plan:
 
     1. `chain_rules` not None: create the chain if missing, otherwise flush it, and append exactly these rules;
     2. delete each `(chain, rule)` in `delete_rules`, each entry removing the first rule with that text;
-    3. `insert_jump`: insert `-j aad-metadata` at position 1 of PREROUTING;
+    3. `insert_jump`: insert `-j aad-metadata` at position 1 of PREROUTING (of each of `layout.hooks`);
     4. `delete_chain`: flush and delete the chain.
     Every step happens in one commit, so nothing ever sees the chain empty or the jump missing half-way.
     """
@@ -95,6 +111,7 @@ class Plan:
     insert_jump: bool = False
     delete_chain: bool = False
     reasons: tuple[str, ...] = ()
+    layout: Layout = NAT  # whose chain, jumps and table this plan changes
 
     @property
     def is_empty(self) -> bool:
@@ -104,52 +121,62 @@ class Plan:
         return "; ".join(self.reasons) if self.reasons else "nothing to change"
 
 
-def is_jump_to_chain(rule: str) -> bool:
+def is_jump_to_chain(rule: str, chain: str = CHAIN) -> bool:
     """True for any rule whose target is the chain (`-j` or `-g`), whatever its matches."""
     try:
         words = shlex.split(rule)
     except ValueError:  # unbalanced quotes in someone else's comment: fall back to plain words
         words = rule.split()
-    return any(flag in ("-j", "-g") and target == CHAIN for flag, target in zip(words, words[1:], strict=False))
+    return any(flag in ("-j", "-g") and target == chain for flag, target in zip(words, words[1:], strict=False))
 
 
 def plan(actual: ActualState, spec: ChainSpec) -> Plan:
     """The changes that turn `actual` into exactly the SPEC §5 state, or an empty plan."""
+    return plan_chain(actual, NAT, spec.chain_rules)
+
+
+def plan_chain(actual: ActualState, layout: Layout, desired: tuple[str, ...]) -> Plan:
+    """The changes that give `layout.chain` exactly the rules `desired`, and one plain jump to it first in each
+    of `layout.hooks`; an empty plan when that is already so. `actual` is the layout's table."""
     reasons: list[str] = []
     chain_rules = None
-    desired = spec.chain_rules
-    if not actual.has_chain(CHAIN):
-        reasons.append(f"chain {CHAIN} missing")
+    if not actual.has_chain(layout.chain):
+        reasons.append(f"chain {layout.chain} missing")
         chain_rules = desired
-    elif actual.rules(CHAIN) != desired:
-        reasons.append(_chain_drift(actual.rules(CHAIN), desired))
+    elif actual.rules(layout.chain) != desired:
+        reasons.append(_chain_drift(layout.chain, actual.rules(layout.chain), desired))
         chain_rules = desired
 
-    hook_rules = actual.rules(HOOK_CHAIN)
-    jumps = [rule for rule in hook_rules if is_jump_to_chain(rule)]
-    delete_rules: tuple[tuple[str, str], ...] = ()
+    delete_rules: list[tuple[str, str]] = []
     insert_jump = False
-    if not (len(jumps) == 1 and hook_rules[0] == JUMP_RULE):
-        reasons.append(_jump_drift(hook_rules, jumps))
+    for hook in layout.hooks:
+        hook_rules = actual.rules(hook)
+        jumps = [rule for rule in hook_rules if is_jump_to_chain(rule, layout.chain)]
+        if not (len(jumps) == 1 and hook_rules[0] == layout.jump_rule):
+            reasons.append(_jump_drift(layout, hook, hook_rules, jumps))
+            insert_jump = True
+    if insert_jump:
         # Delete every jump and insert one at the top in the same commit: simpler than keeping one, same result.
-        delete_rules = tuple((HOOK_CHAIN, rule) for rule in jumps)
-        insert_jump = True
-    return Plan(chain_rules=chain_rules, delete_rules=delete_rules, insert_jump=insert_jump, reasons=tuple(reasons))
+        delete_rules = [(hook, rule) for hook in layout.hooks for rule in actual.rules(hook)
+                        if is_jump_to_chain(rule, layout.chain)]
+    return Plan(chain_rules=chain_rules, delete_rules=tuple(delete_rules), insert_jump=insert_jump,
+                reasons=tuple(reasons), layout=layout)
 
 
-def removal_plan(actual: ActualState) -> Plan:
+def removal_plan(actual: ActualState, layout: Layout = NAT) -> Plan:
     """Delete every jump to the chain (from any chain of the table), then the chain itself."""
+    chain_name = layout.chain
     delete_rules = tuple(
-        (chain, rule) for chain, rules in actual.chains.items() if chain != CHAIN for rule in rules
-        if is_jump_to_chain(rule)
+        (chain, rule) for chain, rules in actual.chains.items() if chain != chain_name for rule in rules
+        if is_jump_to_chain(rule, chain_name)
     )
-    delete_chain = actual.has_chain(CHAIN)
+    delete_chain = actual.has_chain(chain_name)
     reasons = []
     if delete_rules:
-        reasons.append(f"remove {len(delete_rules)} jump(s) to {CHAIN}")
+        reasons.append(f"remove {len(delete_rules)} jump(s) to {chain_name}")
     if delete_chain:
-        reasons.append(f"remove chain {CHAIN}")
-    return Plan(delete_rules=delete_rules, delete_chain=delete_chain, reasons=tuple(reasons))
+        reasons.append(f"remove chain {chain_name}")
+    return Plan(delete_rules=delete_rules, delete_chain=delete_chain, reasons=tuple(reasons), layout=layout)
 
 
 def parse_save(text: str, *, table: str = TABLE) -> ActualState:
@@ -177,24 +204,25 @@ def count_rules(save_output: str) -> int:
     return sum(1 for line in save_output.splitlines() if line.startswith("-"))
 
 
-def _chain_drift(actual: Iterable[str], desired: tuple[str, ...]) -> str:
+def _chain_drift(chain: str, actual: Iterable[str], desired: tuple[str, ...]) -> str:
     actual = tuple(actual)
     if not actual:
-        return f"chain {CHAIN} is empty"
+        return f"chain {chain} is empty"
     missing = [rule for rule in desired if rule not in actual]
     extra = [rule for rule in actual if rule not in desired]
     if missing:
-        return f"chain {CHAIN} lacks {missing[0]!r}"
+        return f"chain {chain} lacks {missing[0]!r}"
     if extra:
-        return f"chain {CHAIN} has extra rule {extra[0]!r}"
-    return f"chain {CHAIN} rules duplicated or out of order"
+        return f"chain {chain} has extra rule {extra[0]!r}"
+    return f"chain {chain} rules duplicated or out of order"
 
 
-def _jump_drift(hook_rules: tuple[str, ...], jumps: list[str]) -> str:
+def _jump_drift(layout: Layout, hook: str, hook_rules: tuple[str, ...], jumps: list[str]) -> str:
+    chain = layout.chain
     if not jumps:
-        return f"jump to {CHAIN} missing from {HOOK_CHAIN}"
+        return f"jump to {chain} missing from {hook}"
     if len(jumps) > 1:
-        return f"{len(jumps)} jumps to {CHAIN} in {HOOK_CHAIN}"
-    if jumps[0] != JUMP_RULE:
-        return f"jump to {CHAIN} is not plain: {jumps[0]!r}"
-    return f"jump to {CHAIN} is not first in {HOOK_CHAIN}"
+        return f"{len(jumps)} jumps to {chain} in {hook}"
+    if jumps[0] != layout.jump_rule:
+        return f"jump to {chain} is not plain: {jumps[0]!r}"
+    return f"jump to {chain} is not first in {hook}"

@@ -16,11 +16,17 @@ from typing import Awaitable, Callable
 
 from .backend import Backend
 from .errors import IptablesError
-from .rules import ChainSpec, Plan, plan
+from .failclosed import Transaction, open_transaction
+from .rules import ChainSpec
 
 logger = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[object]]
+
+# What the supervisor leaves on the node when asked to stop (SIGTERM/SIGINT). A supervisor that dies or is
+# cancelled instead leaves the DNAT: pods' connections are refused while nmi is down.
+REMOVE = "remove"  # delete the chain (and any reject): pods reach the metadata address directly (upstream)
+REJECT = "reject"  # --fail-closed: swap the DNAT for the reject, pods' connections are reset until nmi is back
 
 
 async def supervise(
@@ -36,16 +42,19 @@ async def supervise(
     retry_initial: float = 0.5,
     retry_max: float | None = None,
     remove_attempts: int = 3,
+    on_stop: str = REMOVE,
 ) -> None:
-    """Keep the chain installed until `stop` is set, then remove the jump and the chain and return.
+    """Keep the chain installed (and any reject left by a previous nmi removed, after the DNAT is in place)
+    until `stop` is set, then remove it, or swap it for the reject when `on_stop` is REJECT, and return.
 
     on_state(True) is called once the chain is in place (after `after_install`, e.g. conntrack deletion, ran
     once, blocking, in a thread), on_state(False) whenever a check or repair fails and again before removal;
     only changes are reported. on_repair(reason) is called for every drift repaired after the first install.
     Failed checks are retried after retry_initial, doubling up to retry_max (default: interval).
     IptablesError from `after_install` counts as a failed check; any other exception ends the supervisor and,
-    like cancellation, leaves the chain installed (fail closed). Only `stop` leads to removal.
-    If removal still fails after `remove_attempts`, the last IptablesError is raised.
+    like cancellation, leaves the chain installed (fail closed). Only `stop` leads to `on_stop`: REMOVE the
+    chain (and any reject), or swap it for the REJECT (--fail-closed).
+    If that still fails after `remove_attempts`, the last IptablesError is raised.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
@@ -86,31 +95,36 @@ async def supervise(
         logger.error("iptables supervisor ended without a stop request: the chain stays (fail closed)")
         raise
     report(False)
-    await _remove_with_retries(backend, attempts=remove_attempts, sleep=sleep, pause=retry_initial)
+    if on_stop == REJECT:
+        await _with_retries(lambda: backend.fail_closed(spec), "swapped for the reject (fail-closed)",
+                            attempts=remove_attempts, sleep=sleep, pause=retry_initial)
+    else:
+        await _with_retries(backend.remove, "removed", attempts=remove_attempts, sleep=sleep, pause=retry_initial)
 
 
-def check_and_repair(backend: Backend, spec: ChainSpec) -> Plan:
+def check_and_repair(backend: Backend, spec: ChainSpec) -> Transaction:
     """One pass, blocking. Reads without the lock; only when something drifted does it lock and converge."""
-    if plan(backend.read(spec), spec).is_empty:
-        return Plan()
+    if open_transaction(backend.read(spec), spec).is_empty:
+        return Transaction()
     return backend.converge(spec)
 
 
-def remove_chain(backend: Backend) -> Plan:
-    """Blocking cleanup for any time (crash recovery, an uninstall command): delete all jumps and the chain."""
+def remove_chain(backend: Backend) -> Transaction:
+    """Blocking cleanup for any time (crash recovery, an uninstall command): delete all jumps and the chains."""
     return backend.remove()
 
 
-async def _remove_with_retries(backend: Backend, *, attempts: int, sleep: Sleep, pause: float) -> None:
+async def _with_retries(change: Callable[[], Transaction], done: str, *, attempts: int, sleep: Sleep,
+                        pause: float) -> None:
     for attempt in range(1, attempts + 1):
         try:
-            removed = await asyncio.shield(asyncio.to_thread(backend.remove))
-            logger.info("iptables chain removed: %s", removed.describe())
+            applied = await asyncio.shield(asyncio.to_thread(change))
+            logger.info("iptables chain %s: %s", done, applied.describe())
             return
         except IptablesError as exc:
             if attempt == attempts:
                 raise
-            logger.warning("iptables removal failed (attempt %d): %s", attempt, exc)
+            logger.warning("iptables chain could not be %s (attempt %d): %s", done, attempt, exc)
             await sleep(pause * 2 ** (attempt - 1))
 
 

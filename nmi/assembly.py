@@ -211,7 +211,7 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack
     from iptables.rules import ChainSpec
-    from iptables.supervisor import supervise
+    from iptables.supervisor import REJECT, REMOVE, supervise
 
     try:
         backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
@@ -229,8 +229,10 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
         log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
 
     async def run(stop: asyncio.Event) -> None:
+        # `stop` is set on SIGTERM/SIGINT only: then the reject with --fail-closed, else remove everything
+        # (upstream). A dying root task cancels the supervisor instead, which leaves the DNAT.
         await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
-                        on_repair=metrics.iptables_repaired,
+                        on_repair=metrics.iptables_repaired, on_stop=REJECT if settings.fail_closed else REMOVE,
                         after_install=conntrack if settings.conntrack_deletion else None)
 
     return run

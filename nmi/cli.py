@@ -47,6 +47,7 @@ class Settings:
     custom_user_agent: str = ""
     # nmi's own flags (no upstream equivalent)
     manage_iptables: bool = True
+    fail_closed: bool = False
     iptables_backend: str = "auto"
     audit_events: bool = True
     workload_identity: bool = False
@@ -209,6 +210,8 @@ def _build_parser() -> _Parser:
     flag("kubeconfig", "kubeconfig", str, "", "kubeconfig file (default: $KUBECONFIG, then in-cluster)")
     flag("custom-user-agent", "custom_user_agent", str, "", "appended to the Kubernetes client User-Agent")
     switch("manage-iptables", "manage_iptables", True, "install and supervise the aad-metadata chain")
+    switch("fail-closed", "fail_closed", False,
+           "on SIGTERM/SIGINT swap the DNAT for a reject of pod TCP to the metadata address (instead of removing it)")
     flag("iptables-backend", "iptables_backend", choice("auto", "legacy", "nft"), "auto", "auto, legacy or nft")
     switch("audit-events", "audit_events", True, "record token issuance as Events on the AzureIdentityBinding")
     switch("workload-identity", "workload_identity", False,

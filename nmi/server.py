@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from . import imds
+from . import __version__, imds
 from .broker import Outcome, TokenBroker
 from .errors import BadRequest, Forbidden, NmiError
 from .imds import Route
@@ -81,8 +81,12 @@ def caller_ip(request: web.Request) -> str:
         address = address.ipv4_mapped
     return str(address)
 
+# On every answer nmi gives itself (not on IMDS answers it proxies): how `nmi doctor` tells nmi from IMDS.
+SERVER_HEADER = {"Server": f"nmi/{__version__}"}
+
 def json_response(body: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+    return web.Response(text=body, status=status, content_type="application/json",
+                        headers={**SERVER_HEADER, **headers} if headers else SERVER_HEADER)
 
 def error_response(error: NmiError) -> web.Response:
     return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))

@@ -196,3 +196,10 @@ def test_refused_compatibility_flag_exits_2_with_one_line():
 def test_help_lists_the_accepted_compatibility_flags():
     result = run_nmi("--help")
     assert result.returncode == 0 and "--alsologtostderr" in result.stdout and "--enableProfile" in result.stdout
+
+
+def test_fail_closed_is_off_by_default_for_drop_in_compatibility():
+    assert parse_args([]).fail_closed is False
+    assert parse_args(["--fail-closed"]).fail_closed is True
+    assert parse_args(["--fail-closed=true"]).fail_closed is True
+    assert parse_args(["--fail-closed=false"]).fail_closed is False

@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 
 from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 
+from nmi.demo.netns import Topology
 from tests.e2e.harness import BackgroundFakes, NmiProcess
 
 NODE = "e2e-node"
@@ -48,3 +52,22 @@ def nmi(fakes, tmp_path_factory):
     process.start()
     yield process
     assert process.stop() == 0
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A node namespace with one pod, the fake API server and the fake IMDS on 169.254.169.254:80 (on the
+    node's lo), for nmi run as a real process there (tests/e2e/test_node_namespace.py)."""
+    with Topology(pods=1) as topo:
+        topo.node.run("ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
+        kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
+        kubelet.write_text("")
+        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
+                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig),
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert "ready" in fakes.stdout.readline()
+            yield topo, kubeconfig, kubelet
+        finally:
+            fakes.terminate()
+            fakes.wait(10)

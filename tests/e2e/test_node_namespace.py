@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nmi.demo import world
-from nmi.demo.netns import Topology, curl_argv, netns_unavailable
+from nmi.demo.netns import curl_argv, netns_unavailable
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 
@@ -27,28 +27,11 @@ def chain_lines(node, backend: str) -> list[str]:
     return [line for line in out.splitlines() if "aad-metadata" in line and not line.startswith(":")]
 
 
-@pytest.fixture
-def node(tmp_path):
-    with Topology(pods=1) as topo:
-        topo.node.run("ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
-        kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
-        kubelet.write_text("")
-        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
-                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig),
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            assert "ready" in fakes.stdout.readline()
-            yield topo, kubeconfig, kubelet
-        finally:
-            fakes.terminate()
-            fakes.wait(10)
-
-
-def start_nmi(topo, kubeconfig, kubelet, backend, log):
+def start_nmi(topo, kubeconfig, kubelet, backend, log, extra=()):
     argv = [sys.executable, "-m", "nmi", f"--node={world.NODE}", "--operation-mode=managed", "--forceNamespaced",
             f"--nmi-listen-address={topo.node_ip}", "--http-probe-port=8085", "--prometheus-port=9090",
             f"--kubeconfig={kubeconfig}", f"--kubelet-config={kubelet}", "--ipt-update-interval-sec=1",
-            f"--iptables-backend={backend}", "--enable-conntrack-deletion"]
+            f"--iptables-backend={backend}", "--enable-conntrack-deletion", *extra]
     proc = topo.node.popen(*argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -4,7 +4,7 @@
 
 Every command prints JSON lines on stdout: results, and for `supervise` one event per state change or repair.
 `serve` opens the backend once (importing python-iptables costs ~0.3 s) and then runs the operations named on
-its stdin lines (read, converge, remove), answering each with {"op": ..., "started": true} and then the result
+its stdin lines (read, read-filter, converge, fail-closed, remove), answering each with {"op": ..., "started": true} and then the result
 or {"op": ..., "error": ...}.
 """
 
@@ -16,7 +16,8 @@ import json
 import signal
 import sys
 
-from iptables import ChainSpec, XtablesLock, check_route_localnet, delete_conntrack, detect_mode, open_backend
+from iptables import (ChainSpec, NftBackend, XtablesLock, check_route_localnet, delete_conntrack, detect_mode,
+                      open_backend)
 from iptables.supervisor import supervise
 
 
@@ -39,6 +40,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=2579)
     parser.add_argument("--interfaces", default=None)
+    parser.add_argument("--name", default="echo", help="echo-server: how the server names itself in answers")
+    parser.add_argument("--restore-command", default=None, help="nft backend: restore command (space-separated)")
     return parser.parse_args(argv)
 
 
@@ -49,14 +52,18 @@ def main(argv: list[str]) -> int:
         choice = detect_mode()
         emit(mode=choice.mode, reason=choice.reason)
     elif args.command == "echo-server":
-        asyncio.run(echo_server(args.host, args.port))
+        asyncio.run(echo_server(args.host, args.port, args.name))
     elif args.command == "route-localnet":
         interfaces = args.interfaces.split(",") if args.interfaces else None
         emit(problem=check_route_localnet(args.target_ip, interfaces))
     elif args.command == "conntrack":
         emit(deleted=delete_conntrack(args.metadata_ip, args.metadata_port))
     else:
-        backend = open_backend(args.backend, lock=XtablesLock(args.lock, timeout=args.lock_timeout))
+        lock = XtablesLock(args.lock, timeout=args.lock_timeout)
+        if args.restore_command:
+            backend = NftBackend(lock=lock, restore_command=tuple(args.restore_command.split()))
+        else:
+            backend = open_backend(args.backend, lock=lock)
         if args.command == "serve":
             serve(backend, spec)
         else:
@@ -66,8 +73,11 @@ def main(argv: list[str]) -> int:
 
 def serve(backend, spec: ChainSpec) -> None:
     operations = {
-        "read": lambda: {"chains": {name: list(rules) for name, rules in backend.read(spec).chains.items()}},
+        "read": lambda: {"chains": {name: list(rules) for name, rules in backend.read(spec).nat.chains.items()}},
+        "read-filter": lambda: {"chains": {name: list(rules)
+                                           for name, rules in backend.read(spec).filter.chains.items()}},
         "converge": lambda: {"reasons": list(backend.converge(spec).reasons)},
+        "fail-closed": lambda: {"reasons": list(backend.fail_closed(spec).reasons)},
         "remove": lambda: {"reasons": list(backend.remove().reasons)},
     }
     emit(event="ready")
@@ -91,13 +101,13 @@ async def run_supervisor(backend, spec: ChainSpec, interval: float) -> None:
     emit(event="stopped")
 
 
-async def echo_server(host: str, port: int) -> None:
+async def echo_server(host: str, port: int, name: str) -> None:
     """Answers every request with the TCP peer and what was asked: where the DNATed request came from."""
     from aiohttp import web
 
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"remote": request.remote, "path": request.path, "query": dict(request.query),
-                                  "host": request.host})
+                                  "host": request.host, "server": name})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)

@@ -176,3 +176,41 @@ def test_remove_chain_cleans_up_synchronously(backend):
     check_and_repair(backend, SPEC)
     assert "remove chain aad-metadata" in remove_chain(backend).describe()
     assert remove_chain(backend).is_empty
+
+
+async def test_stop_with_reject_swaps_the_dnat_for_the_reject(backend, stop, sleep):
+    from iptables.failclosed import REJECT_CHAIN, reject_rule
+    from iptables.supervisor import REJECT
+
+    sleep.actions[1] = stop.set
+    await run(backend, stop, sleep, on_stop=REJECT)
+    assert not backend.rules.nat.has_chain(CHAIN)
+    assert backend.rules.filter.rules(REJECT_CHAIN) == (reject_rule(SPEC),)
+    assert backend.rules.filter.rules("FORWARD") == (f"-j {REJECT_CHAIN}", "-j KUBE-FORWARD")
+
+
+async def test_the_next_supervisor_swaps_the_reject_back_before_reporting_ready(backend, stop, sleep):
+    from iptables.failclosed import REJECT_CHAIN
+    from iptables.supervisor import REJECT
+
+    sleep.actions[1] = stop.set
+    await run(backend, stop, sleep, on_stop=REJECT)
+    seen: list[tuple[bool, bool]] = []
+
+    def on_state(ok: bool) -> None:
+        seen.append((ok, backend.rules.filter.has_chain(REJECT_CHAIN)))
+
+    again, sleep2 = asyncio.Event(), FakeSleep()
+    sleep2.actions[1] = again.set
+    await supervise(backend, SPEC, interval=60, on_state=on_state, stop=again, sleep=sleep2)
+    assert seen == [(True, False), (False, False)]  # ready only with the DNAT back and the reject gone
+
+
+async def test_a_failing_swap_is_retried_then_raised_leaving_the_dnat(backend, stop, sleep):
+    from iptables.supervisor import REJECT
+
+    backend.fail_remove = [IptablesError("busy")] * 3
+    sleep.actions[1] = stop.set
+    with pytest.raises(IptablesError, match="busy"):
+        await run(backend, stop, sleep, on_stop=REJECT, remove_attempts=3)
+    assert backend.installed(SPEC)  # never neither: pods' connections are refused by the absent nmi
