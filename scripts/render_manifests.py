@@ -29,6 +29,8 @@ RELEASES = {
     "crds.yaml": ("the aadpodidentity.k8s.io CRDs: apply first, never delete with nmi", ["crds"], []),
     "nmi-managed.yaml": ("nmi in managed mode", ["overlays/managed"], []),
     "nmi-standard.yaml": ("nmi in standard mode (needs aad-pod-identity's MIC)", ["overlays/standard"], []),
+    "nmi-uninstall.yaml": ("after deleting nmi, one pod per node runs `nmi cleanup` (README, Uninstall)",
+                           ["uninstall"], []),
     "aks-addon-exception.yaml": ("AKS add-ons keep the node's identity (AKS only)", [], ["components/exceptions/aks-addons"]),
     "mic-exception.yaml": ("MIC in `default` reaches IMDS (standard mode only)", [], ["components/exceptions/mic"]),
 }
@@ -51,6 +53,7 @@ def _header(file: str, what: str, image: str, sources: list[str]) -> str:
     if file.startswith("nmi-"):
         lines.append(f"# Image: {image}" + (" is a placeholder that never pulls: run `make manifests IMAGE=<yours>`."
                                             if image == DEFAULT_IMAGE else "."))
+    if file in ("nmi-managed.yaml", "nmi-standard.yaml"):
         lines.append("# Apply crds.yaml first; uninstall as the README says (never with crds.yaml).")
     return "\n".join(lines) + "\n"
 

