@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"cleanup": "nmi.cleanup", "doctor": "nmi.doctor"}  # each module has main(argv) -> exit code
+# Each module has main(argv) -> exit code.
+SUBCOMMANDS = {"cleanup": "nmi.cleanup", "doctor": "nmi.doctor", "explain": "nmi.explain_cli"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
-from .audit import AuditRecorder
+from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
 from .cli import Settings
@@ -23,6 +23,7 @@ from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
 from .errors import NmiError
+from .explain import Explainer
 from .logs import log_access
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
@@ -30,6 +31,7 @@ from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
 from .sp_credentials import CredentialPolicy
 from .tokens import TokenService, workload_owner_key
+from .window_reports import WindowErrorReporter
 from .workloads import WorkloadIndex
 
 log = logging.getLogger("nmi")
@@ -48,6 +50,7 @@ class Parts:
     server_config: TokenServerConfig
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
     chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    explainer: Explainer | None = None  # /explain on the probe port
 
 
 class TokenObserver(AccessObserver):
@@ -161,12 +164,19 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    warn = None
+    if audit is not None:
+        def warn(binding, message, audit=audit):
+            audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
+    reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
+    root_tasks["binding-window-errors"] = functools.partial(_report_window_errors, catalog, reporter)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),
-                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None)
+                 root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None,
+                 explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
 
 
 async def _final_flush(audit: AuditRecorder) -> None:
@@ -193,6 +203,16 @@ async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None
         keys |= {workload_owner_key(Identity(namespace=sa.namespace, name=sa.name, service_account=sa.name))
                  for sa in catalog.service_account_store.all() if sa.client_id}
         tokens.forget(keys)
+
+
+async def _report_window_errors(catalog: IdentityIndex, reporter: WindowErrorReporter) -> None:
+    """Malformed active-windows annotations, reviewed only when a binding changed (not per request)."""
+    seen = -1
+    while True:
+        if catalog.bindings_generation != seen:
+            seen = catalog.bindings_generation
+            reporter.review(catalog.binding_store.all())
+        await catalog.wait_changed(timeout=3600)
 
 
 def _node_problem(settings: Settings) -> str | None:

@@ -19,6 +19,8 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 log = logging.getLogger(__name__)
 
 REASON_TOKEN_ISSUED = "TokenIssued"
+REASON_INVALID_ACTIVE_WINDOWS = "InvalidActiveWindows"
+_MAX_MESSAGE = 1024
 BINDING_API_VERSION = "aadpodidentity.k8s.io/v1"
 BINDING_KIND = "AzureIdentityBinding"
 COMPONENT = "nmi"
@@ -78,6 +80,7 @@ class AuditRecorder:
         self._sleep = sleep
         self._on_dropped = on_dropped
         self._pending: dict[IssuanceKey, _Tally] = {}
+        self._warnings: dict[tuple[str, str, str], str] = {}  # (binding namespace, name, reason) -> message
         self._overflow = 0
         self._sequence = 0
         self.enabled = True
@@ -99,9 +102,20 @@ class AuditRecorder:
         else:
             self._overflow += 1
 
+    def warn(self, binding_namespace: str, binding_name: str, *, reason: str, message: str) -> None:
+        """A Warning Event on a binding (e.g. a malformed annotation), written with the next flush; one per
+        (binding, reason) per interval, within the same cap as the issuance Events."""
+        if not self.enabled:
+            return
+        key = (binding_namespace, binding_name, reason)
+        if key in self._warnings or len(self._warnings) + len(self._pending) < self._cap:
+            self._warnings[key] = message[:_MAX_MESSAGE]
+        else:
+            self._overflow += 1
+
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._warnings)
 
     async def run(self) -> None:
         """Root task: flush every interval until cancelled. Keeps running (idle) once disabled, so a missing
@@ -114,26 +128,40 @@ class AuditRecorder:
     async def flush(self) -> int:
         """Write the aggregates gathered since the last flush; answers how many Events were written."""
         pending, self._pending = self._pending, {}
+        warnings, self._warnings = self._warnings, {}
         overflow, self._overflow = self._overflow, 0
         if overflow:
             log.warning("token issuance audit: %d issuances beyond %d Events per interval were not recorded",
                         overflow, self._cap)
             self._dropped(overflow, "overflow")
         written = 0
-        for position, (key, tally) in enumerate(pending.items()):
+        events = [lambda key=key, tally=tally: self.event(key, count=tally.count, first=tally.first, last=tally.last)
+                  for key, tally in pending.items()]
+        events += [lambda key=key, message=message: self.warning_event(*key, message=message)
+                   for key, message in warnings.items()]
+        for position, build in enumerate(events):
+            event = build()
             try:
-                await self._writer.write(self.event(key, count=tally.count, first=tally.first, last=tally.last))
+                await self._writer.write(event)
             except EventsForbidden:
                 self._disable()
-                self._dropped(len(pending) - position, "forbidden")
+                self._dropped(len(events) - position, "forbidden")
                 return written
             except EventWriteFailed as exc:
-                log.debug("token issuance audit: Event for %s/%s not written: %s", key.binding_namespace,
-                          key.binding_name, exc)
+                target = event["involvedObject"]
+                log.debug("token issuance audit: Event for %s/%s not written: %s", target["namespace"],
+                          target["name"], exc)
                 self._dropped(1, "write_failed")
             else:
                 written += 1
         return written
+
+    def warning_event(self, binding_namespace: str, binding_name: str, reason: str, *, message: str) -> dict[str, Any]:
+        now = self._clock()
+        key = IssuanceKey(binding_namespace, binding_name, "", "", "", "")
+        event = self.event(key, count=1, first=now, last=now)
+        event.update(reason=reason, message=message, type="Warning")
+        return event
 
     def event(self, key: IssuanceKey, *, count: int, first: float, last: float) -> dict[str, Any]:
         """The core/v1 Event for `count` issuances between `first` and `last` (epoch seconds), a plain dict."""
@@ -163,6 +191,7 @@ class AuditRecorder:
     def _disable(self) -> None:
         self.enabled = False
         self._pending.clear()
+        self._warnings.clear()
         log.warning("token issuance audit disabled: the API server refused to create Events (403 Forbidden); "
                     "grant 'create' on 'events' to nmi's ServiceAccount to enable it")
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from . import identities as rules
-from .errors import IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
+from .errors import AccessDenied, IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
 from .model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, Binding, Identity, PodInfo, TokenGrant,
                     TokenRequest)
 from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource, WorkloadDirectory
+from .resolution import Decision, denial, resolve
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Outcome:
 class TokenBroker:
     def __init__(self, pods: PodDirectory, catalog: IdentityCatalog, tokens: TokenSource, *,
                  policy: BrokerPolicy, clock: Callable[[], float] | None = None,
+                 wall_clock: Callable[[], float] = time.time,
                  service_accounts: ServiceAccountDirectory | None = None,
                  workloads: WorkloadDirectory | None = None) -> None:
         self._pods = pods
@@ -62,6 +65,20 @@ class TokenBroker:
         self._tokens = tokens
         self._policy = policy
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.wall_clock = wall_clock  # active windows of time-boxed bindings are wall-clock times
+
+    @property
+    def policy(self) -> BrokerPolicy:
+        return self._policy
+
+    @property
+    def catalog(self) -> IdentityCatalog:
+        return self._catalog
+
+    def decide(self, pod: PodInfo, request: TokenRequest) -> Decision:
+        """The pure resolution step, from the caches, at the wall clock's now (also what `nmi explain` shows)."""
+        return resolve(pod, request, self._catalog, managed=self._policy.mode == MANAGED,
+                       namespaced=self._policy.namespaced, now=self.wall_clock())
 
     async def for_caller(self, ip: str, request: TokenRequest) -> Outcome:
         """The token route: the caller is whoever owns the TCP peer address."""
@@ -83,14 +100,14 @@ class TokenBroker:
             raise
 
     async def _resolve_and_get(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
-        if node_identity_allowed and self._uses_node_identity(pod):
+        if node_identity_allowed and self.uses_node_identity(pod):
             log.info("exception pod %s uses the node's identity", pod.key)
             # Whichever selector the pod gave goes to IMDS as IMDS's own: upstream dropped all but client_id, so
             # a pod asking for one VM identity by object or resource ID got the system-assigned one.
             grant = await self._tokens.get_for_node(request.resource, client_id=request.client_id,
                                                     resource_id=request.resource_id, object_id=request.object_id)
             return Outcome(pod, None, grant)
-        workload = self._workload_identity(pod)
+        workload = self.workload_identity(pod)
         if workload is not None:
             return await self._for_workload(pod, workload, request)
         candidates = await self._candidates(pod, request)
@@ -101,7 +118,7 @@ class TokenBroker:
             grant = await self._tokens.get(identity, request.resource)
         return Outcome(pod, identity, grant, self._binding_for(pod, identity))
 
-    def _workload_identity(self, pod: PodInfo) -> Identity | None:
+    def workload_identity(self, pod: PodInfo) -> Identity | None:
         """The bridge applies only to a pod aad-pod-identity does not serve, labelled for workload identity, whose
         ServiceAccount names a client ID; None leaves every other pod to the usual rules."""
         policy = self._policy
@@ -118,6 +135,7 @@ class TokenBroker:
                         pod_name=pod.name, pod_uid=pod.uid)
 
     def _has_pod_identity(self, pod: PodInfo) -> bool:
+        """Bindings win over the bridge, also outside their active windows (the pod is refused, not bridged)."""
         if self._policy.mode == MANAGED:
             return bool(rules.managed_identities(pod, self._catalog.bindings(pod.namespace),
                                                  self._catalog.identities(pod.namespace)))
@@ -136,10 +154,11 @@ class TokenBroker:
 
     def _binding_for(self, pod: PodInfo, identity: Identity) -> Binding | None:
         bindings = rules.matching_bindings(pod, self._catalog.bindings(identity.namespace), same_namespace=False)
-        mine = [b for b in bindings if b.identity_name == identity.name]
+        now = self.wall_clock()
+        mine = [b for b in bindings if b.identity_name == identity.name and rules.is_active(b, now)]
         return max(mine, key=lambda b: (b.weight, b.name), default=None)
 
-    def _uses_node_identity(self, pod: PodInfo) -> bool:
+    def uses_node_identity(self, pod: PodInfo) -> bool:
         if rules.is_excepted(pod, self._catalog.exceptions(pod.namespace)):
             return True
         # Managed mode has no MIC: only an AzurePodIdentityException gives a pod the node's identity there.
@@ -160,36 +179,30 @@ class TokenBroker:
 
     async def _candidates(self, pod: PodInfo, request: TokenRequest) -> list[Identity]:
         if self._policy.mode == MANAGED:
-            bound = rules.managed_identities(pod, self._catalog.bindings(pod.namespace),
-                                             self._catalog.identities(pod.namespace))
-            chosen = rules.select(bound, request)
-            if not chosen:
-                raise IdentityNotFound()
-            return chosen
+            decision = self.decide(pod, request)
+            if not decision.ready:
+                raise self._refusal(decision)
+            return list(decision.ready)
         return await self._wait_for_assignment(pod, request)
 
-    def _expected(self, pod: PodInfo) -> list[Identity]:
-        """Standard mode: identities the pod's bindings refer to, i.e. what MIC will assign."""
-        bindings = rules.matching_bindings(pod, self._catalog.bindings(None), same_namespace=self._policy.namespaced)
-        wanted = {(b.namespace, b.identity_name): b.weight for b in bindings}
-        namespaces = {ns for ns, _ in wanted}
-        found = [rules.Candidate(i, wanted[(i.namespace, i.name)])
-                 for ns in namespaces for i in self._catalog.identities(ns) if (i.namespace, i.name) in wanted]
-        return [i for i in rules.ordered(found) if rules.visible_to(pod, i, namespaced=self._policy.namespaced)]
+    def _refusal(self, decision: Decision) -> NmiError:
+        """Nothing usable and nothing to wait for: 403 naming the next window when only time-boxed bindings
+        outside their windows would answer, else `Identity not found`."""
+        if decision.inactive:
+            return AccessDenied(denial(decision.inactive, self.wall_clock()))
+        return IdentityNotFound()
 
     async def _wait_for_assignment(self, pod: PodInfo, request: TokenRequest) -> list[Identity]:
         """Wait, woken by the informer, until MIC assigns a matching identity or the upstream budget runs out."""
         policy = self._policy
         start = self._clock()
         while True:
-            state = rules.standard_assignment(pod, self._catalog.assigned(pod.namespace, pod.name),
-                                              namespaced=policy.namespaced)
-            ready = rules.select(state.assigned, request)
-            if ready:
-                return ready
-            created = rules.select(state.created, request)
-            if not created and not rules.select(self._expected(pod), request):
-                raise IdentityNotFound()  # no binding can ever give this pod (this) identity: fail fast
+            decision = self.decide(pod, request)
+            if decision.ready:
+                return list(decision.ready)
+            created = decision.created
+            if not decision.pending:
+                raise self._refusal(decision)  # no binding can give this pod (this) identity now: fail fast
             elapsed = self._clock() - start
             if elapsed >= policy.wait_total:
                 raise self._not_assigned(pod, "ASSIGNED")

@@ -96,9 +96,10 @@ class IdentityIndex:
     def __init__(self, *, on_change: Callable[[], None] | None = None) -> None:
         self.on_change = on_change
         self.generation = 0
+        self.bindings_generation = 0  # lets a reader skip re-reading bindings when something else changed
         self._changed_event = asyncio.Event()
         self.identity_store: ObjectStore[Identity] = ObjectStore(_namespace, on_change=self._changed)
-        self.binding_store: ObjectStore[Binding] = ObjectStore(_namespace, on_change=self._changed)
+        self.binding_store: ObjectStore[Binding] = ObjectStore(_namespace, on_change=self._bindings_changed)
         self.exception_store: ObjectStore[PodIdentityException] = ObjectStore(_namespace, on_change=self._changed)
         self.assigned_store: ObjectStore[AssignedIdentity] = ObjectStore(_assigned_pod, on_change=self._changed)
         # Fed only with --workload-identity (an empty store otherwise): also `nmi.ports.ServiceAccountDirectory`.
@@ -110,6 +111,9 @@ class IdentityIndex:
     def bindings(self, namespace: str | None) -> list[Binding]:
         """One namespace's bindings, or every namespace's with None (standard mode, not namespaced)."""
         return self.binding_store.all() if namespace is None else self.binding_store.group(namespace)
+
+    def binding(self, namespace: str, name: str) -> Binding | None:
+        return self.binding_store.get(namespace, name)
 
     def exceptions(self, namespace: str) -> list[PodIdentityException]:
         return self.exception_store.group(namespace)
@@ -127,6 +131,10 @@ class IdentityIndex:
         except TimeoutError:
             return False
         return True
+
+    def _bindings_changed(self) -> None:
+        self.bindings_generation += 1
+        self._changed()
 
     def _changed(self) -> None:
         self.generation += 1

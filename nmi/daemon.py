@@ -43,7 +43,8 @@ class Daemon:
             token_runner = web.AppRunner(token_app(parts.broker, config=parts.server_config, state=self.state,
                                                    proxy=parts.proxy, observer=parts.observer),
                                          access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
-            side_runners = [web.AppRunner(probe_app(self.state), access_log=None),
+            explain = parts.explainer.answer if parts.explainer else None
+            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None),
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
             for runner in (token_runner, *side_runners):
                 await runner.setup()

@@ -45,6 +45,14 @@ class Forbidden(NmiError):
     default_description = "Forbidden"
 
 
+class AccessDenied(NmiError):
+    """Every binding that would give the pod this identity is outside its active windows (time-boxed bindings)."""
+
+    status = 403
+    error = "access_denied"
+    default_description = "The pod's binding is not active now"
+
+
 class TokenRefused(NmiError):
     """Azure AD or IMDS refused to issue the token (a 4xx other than 429)."""
 

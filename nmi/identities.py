@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 from .model import (BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest,
                     Workload)
+from .windows import Opening
 
 ASSIGNED = "Assigned"
 CREATED = "Created"
@@ -38,14 +39,19 @@ def ordered(candidates: Iterable[Candidate]) -> list[Identity]:
 
 
 def is_excepted(pod: PodInfo, exceptions: Iterable[PodIdentityException]) -> bool:
-    """Any label of any exception in the pod's namespace present on the pod with an equal value (case-insensitive)."""
+    return exception_for(pod, exceptions) is not None
+
+
+def exception_for(pod: PodInfo, exceptions: Iterable[PodIdentityException]) -> PodIdentityException | None:
+    """The first exception in the pod's namespace one of whose labels the pod carries with an equal value
+    (case-insensitive)."""
     for exc in exceptions:
         if exc.namespace != pod.namespace:
             continue
         for key, value in exc.pod_labels.items():
             if key in pod.labels and pod.labels[key].lower() == value.lower():
-                return True
-    return False
+                return exc
+    return None
 
 
 MIC_DEPLOYMENT = "mic"
@@ -77,19 +83,51 @@ def binding_selector(pod: PodInfo) -> str:
     return pod.labels.get(BINDING_LABEL, "")
 
 
-def matching_bindings(pod: PodInfo, bindings: Iterable[Binding], *, same_namespace: bool) -> list[Binding]:
-    """Bindings whose selector equals the pod's `aadpodidbinding` label. A pod without the label matches
-    nothing (upstream matched bindings with an empty selector to every unlabelled pod)."""
+# Why a binding does not select a pod; "" when it does. Resolution and explain share this one rule.
+NO_LABEL = "no-label"
+OTHER_NAMESPACE = "other-namespace"
+SELECTOR_MISMATCH = "selector-mismatch"
+
+
+def mismatch(pod: PodInfo, binding: Binding, *, same_namespace: bool) -> str:
+    """A pod without the `aadpodidbinding` label matches nothing (upstream matched bindings with an empty
+    selector to every unlabelled pod)."""
     selector = binding_selector(pod)
     if not selector:
+        return NO_LABEL
+    if same_namespace and binding.namespace != pod.namespace:
+        return OTHER_NAMESPACE
+    if binding.selector != selector:
+        return SELECTOR_MISMATCH
+    return ""
+
+
+def matching_bindings(pod: PodInfo, bindings: Iterable[Binding], *, same_namespace: bool) -> list[Binding]:
+    """Bindings whose selector equals the pod's `aadpodidbinding` label."""
+    if not binding_selector(pod):
         return []
-    return [b for b in bindings if b.selector == selector and (b.namespace == pod.namespace or not same_namespace)]
+    return [b for b in bindings if not mismatch(pod, b, same_namespace=same_namespace)]
+
+
+def is_active(binding: Binding, now: float) -> bool:
+    """Inside one of its active windows (always, without the annotation; never, with a malformed one)."""
+    if binding.windows_error:
+        return False
+    return binding.windows is None or binding.windows.active_at(now)
+
+
+def next_opening(binding: Binding, now: float) -> Opening | None:
+    return binding.windows.next_opening(now) if binding.windows is not None else None
 
 
 def managed_identities(pod: PodInfo, bindings: Iterable[Binding], identities: Iterable[Identity]) -> list[Identity]:
     """Managed mode: AzureIdentityBinding -> AzureIdentity, both in the pod's namespace."""
+    return bound_identities(pod, matching_bindings(pod, bindings, same_namespace=True), identities)
+
+
+def bound_identities(pod: PodInfo, matched: Iterable[Binding], identities: Iterable[Identity]) -> list[Identity]:
     weights: dict[str, int] = {}
-    for b in matching_bindings(pod, bindings, same_namespace=True):
+    for b in matched:
         weights[b.identity_name] = max(weights.get(b.identity_name, b.weight), b.weight)
     return ordered(Candidate(i, weights[i.name]) for i in identities
                    if i.namespace == pod.namespace and i.name in weights)

@@ -137,6 +137,8 @@ def _families() -> list[Family]:
         Family("nmi_iptables_repairs_total", "Repairs of the aad-metadata chain", "counter", ("reason",)),
         Family("nmi_requests_not_ready_total", "Token requests answered while nmi was not ready", "counter"),
         Family("nmi_audit_events_dropped_total", "Token issuance audit Events not written", "counter", ("reason",)),
+        Family("nmi_binding_window_errors", "AzureIdentityBindings whose active-windows annotation is malformed "
+               "(never active)", "gauge"),
     ]
 
 
@@ -156,6 +158,7 @@ class Metrics:
         # Label-less series exist from the start so rate() works before the first event.
         self._store.set("nmi_pods_indexed", (), 0)
         self._store.add("nmi_requests_not_ready_total", (), 0)
+        self._store.set("nmi_binding_window_errors", (), 0)
 
     # -- the token routes -------------------------------------------------------------------------------
     def observe_request(self, *, route: str, status: int, namespace: str, resource: str, seconds: float) -> None:
@@ -226,6 +229,9 @@ class Metrics:
     def audit_events_dropped(self, count: int, reason: str) -> None:
         """Matches AuditRecorder's `on_dropped(count, reason)` hook."""
         self._store.add("nmi_audit_events_dropped_total", (self._reasons(reason),), count)
+
+    def set_binding_window_errors(self, count: int) -> None:
+        self._store.set("nmi_binding_window_errors", (), count)
 
     # -- the node ---------------------------------------------------------------------------------------
     def iptables_repaired(self, reason: str) -> None:

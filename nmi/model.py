@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from .windows import ActiveWindows
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -158,6 +161,10 @@ class Binding:
     identity_name: str  # spec.azureIdentity
     selector: str  # matched against the pod label aadpodidbinding
     weight: int = 0
+    # aadpodidentity.k8s.io/active-windows, parsed once per binding version: None means always active; a
+    # malformed annotation leaves None here and the reason in `windows_error` (never active).
+    windows: ActiveWindows | None = None
+    windows_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,8 @@ class AssignedIdentity:
     identity: Identity | None
     binding_name: str = ""
     binding_weight: int = 0
+    binding_namespace: str = ""  # azureBindingRef.metadata.namespace ("" when MIC did not write it)
+    binding: Binding | None = None  # MIC's copy of the binding, used when the binding itself is gone
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,9 @@ class IdentityCatalog(Protocol):
     def bindings(self, namespace: str | None) -> Iterable[Binding]:
         """Bindings of one namespace, or of all namespaces with None (standard mode without namespacing)."""
 
+    def binding(self, namespace: str, name: str) -> Binding | None:
+        """One binding by name (the current version: time-boxed bindings are checked against it)."""
+
     def identities(self, namespace: str) -> Iterable[Identity]: ...
     def exceptions(self, namespace: str) -> Iterable[PodIdentityException]: ...
     def assigned(self, namespace: str, pod_name: str) -> Iterable[AssignedIdentity]: ...

@@ -7,16 +7,17 @@ JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from . import __version__, imds
 from .broker import Outcome, TokenBroker
-from .errors import BadRequest, Forbidden, NmiError
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError
 from .imds import Route
 from .proxy import ImdsProxy
 
@@ -193,7 +194,10 @@ def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonSt
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 
-def probe_app(state: DaemonState) -> web.Application:
+Explain = Callable[[Mapping[str, str]], dict[str, Any]]
+
+
+def probe_app(state: DaemonState, *, explain: Explain | None = None) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="Active" if state.active else "Not Active")
 
@@ -205,7 +209,40 @@ def probe_app(state: DaemonState) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/healthz", healthz)
     app.router.add_route("*", "/readyz", readyz)
+    if explain is not None:
+        app.router.add_route("*", "/explain", _explain_handler(explain))
     return app
+
+
+EXPLAIN_PARAMETERS = ("namespace", "pod", "resource", "client_id", "msi_res_id", "mi_res_id")
+
+
+def _explain_handler(explain: Explain):
+    """The probe port listens on every address (the kubelet probes it): only callers on the node's loopback may
+    ask, since the answer describes other pods' identities."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            if not ipaddress.ip_address(caller_ip(request) or "0.0.0.0").is_loopback:
+                raise Forbidden("/explain is only served to callers on the node's loopback address")
+            if request.method != "GET":
+                raise MethodNotAllowed("/explain accepts GET only")
+            query: dict[str, str] = {}
+            for key, value in imds.parse_query(request.query_string):
+                if key in query or key not in EXPLAIN_PARAMETERS:
+                    raise BadRequest(f"query parameter {key[:64]!r} is repeated or unknown")
+                query[key] = value.strip()
+            if not query.get("namespace") or not query.get("pod"):
+                raise BadRequest("namespace and pod are required")
+            report = explain(query)
+        except NmiError as error:
+            return error_response(error)
+        except Exception:  # a bug: answer, log with traceback, keep serving
+            log.exception("internal error handling /explain")
+            return error_response(NmiError("Internal error; see the nmi log"))
+        return json_response(json.dumps(report, indent=1, sort_keys=True))
+
+    return handler
 
 def metrics_app(render: Callable[[], tuple[bytes, str]]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:

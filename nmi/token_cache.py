@@ -41,6 +41,7 @@ class _Entry:
     owner: str | None  # identity key for `forget`; None for the node's own identities
     expires_on: float
     refresh_at: float
+    obtained_at: float = 0.0
 
 
 class TokenCache:
@@ -67,6 +68,13 @@ class TokenCache:
             return TokenGrant(entry.tokens, cached=True)
         task = self._fetching.get(key) or self._start_fetch(key, fetch, owner)
         return TokenGrant(await asyncio.shield(task), cached=False)
+
+    def ages(self, match: Callable[[Hashable], bool]) -> list[tuple[Hashable, float, float]]:
+        """(key, age, seconds left) of the cached entries whose key matches, without touching the LRU order or
+        fetching anything (for `nmi explain`)."""
+        now = self._clock()
+        return [(key, now - entry.obtained_at, entry.expires_on - now)
+                for key, entry in list(self._entries.items()) if match(key)]
 
     def forget(self, keep_owners: set[str]) -> None:
         """Drop the tokens of identities that no longer exist; the node's own tokens stay."""
@@ -95,7 +103,8 @@ class TokenCache:
         obtained_at = self._clock()
         expires_on = float(min(t.expires_on for t in tokens))
         if expires_on - obtained_at >= self._policy.unusable_within:
-            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on))
+            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on),
+                                        obtained_at)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)

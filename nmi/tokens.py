@@ -109,6 +109,24 @@ class TokenService:
         return await self._cache.get(("node", client_id.lower(), resource_id.lower(), object_id.lower(), resource),
                                      lambda: self._from_imds(selector, resource, client_id), owner=None)
 
+    def cached_tokens(self, identity: Identity | None) -> list[tuple[str, float, float]]:
+        """(resource, age, seconds left) of the tokens cached for this identity (None: the node's own), for
+        `nmi explain`; fetches nothing."""
+        if identity is None:
+            def match(key: Hashable) -> bool:
+                return key[0] == "node"  # type: ignore[index]
+        elif identity.type == WORKLOAD_IDENTITY:
+            prefix = (workload_owner_key(identity), identity.client_id.lower())
+
+            def match(key: Hashable) -> bool:
+                return key[:2] == prefix  # type: ignore[index]
+        else:
+            wanted = _identity_cache_key(identity)
+
+            def match(key: Hashable) -> bool:
+                return key[0] == wanted  # type: ignore[index]
+        return sorted((key[-1], age, left) for key, age, left in self._cache.ages(match))  # type: ignore[index]
+
     def forget(self, keep_identity_keys: set[str]) -> None:
         self._cache.forget(keep_identity_keys)
         for key in [k for k in self._apps if _app_owner(k) not in keep_identity_keys]:

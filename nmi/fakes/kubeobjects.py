@@ -105,12 +105,16 @@ def make_identity(
 
 
 def make_binding(
-    name: str, namespace: str = "default", *, identity: str, selector: str, weight: int | str | None = None
+    name: str, namespace: str = "default", *, identity: str, selector: str, weight: int | str | None = None,
+    active_windows: str | None = None,
 ) -> dict[str, Any]:
+    """`active_windows` sets the aadpodidentity.k8s.io/active-windows annotation (time-boxed binding)."""
     spec: dict[str, Any] = {"azureIdentity": identity, "selector": selector}
     if weight is not None:
         spec["weight"] = weight
-    return {"apiVersion": CRD_API, "kind": "AzureIdentityBinding", "metadata": _meta(name, namespace), "spec": spec}
+    annotations = {"aadpodidentity.k8s.io/active-windows": active_windows} if active_windows is not None else None
+    return {"apiVersion": CRD_API, "kind": "AzureIdentityBinding",
+            "metadata": _meta(name, namespace, annotations=annotations), "spec": spec}
 
 
 def make_assigned_identity(

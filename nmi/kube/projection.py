@@ -25,6 +25,8 @@ from ..model import (
     ServiceAccount,
     Workload,
 )
+from ..windows import ANNOTATION as ACTIVE_WINDOWS_ANNOTATION
+from ..windows import WindowSyntaxError, parse_windows
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +173,31 @@ def _identity(raw: Any) -> Identity:
 def _binding(raw: Any) -> Binding:
     meta = _mapping(raw, "metadata")
     spec = _mapping(raw, "spec", required=False)
+    windows, windows_error = _active_windows(meta)
     return Binding(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
         identity_name=_str(spec, "azureIdentity"),
         selector=_str(spec, "selector"),
         weight=_weight(spec.get("weight")),
+        windows=windows,
+        windows_error=windows_error,
     )
+
+
+def _active_windows(meta: Mapping[str, Any]):
+    """Parsed here, once per binding version; a malformed annotation keeps the binding (inactive, with the
+    reason) so resolution can refuse its pods with a 403 rather than forget them."""
+    annotations = meta.get("annotations")
+    if not isinstance(annotations, Mapping) or ACTIVE_WINDOWS_ANNOTATION not in annotations:
+        return None, ""
+    text = annotations[ACTIVE_WINDOWS_ANNOTATION]
+    if not isinstance(text, str):
+        return None, "not a string"
+    try:
+        return parse_windows(text), ""
+    except WindowSyntaxError as exc:
+        return None, str(exc)
 
 
 def _assigned(raw: Any) -> AssignedIdentity:
@@ -188,6 +208,11 @@ def _assigned(raw: Any) -> AssignedIdentity:
     identity = _identity(embedded) if isinstance(embedded, Mapping) else None
     binding = spec.get("azureBindingRef")
     binding = binding if isinstance(binding, Mapping) else {}
+    binding_meta = _mapping(binding, "metadata", required=False)
+    try:
+        embedded = _binding(binding) if binding_meta.get("name") and binding_meta.get("namespace") else None
+    except Malformed:
+        embedded = None
     return AssignedIdentity(
         namespace=_str(meta, "namespace", required=True),
         name=_str(meta, "name", required=True),
@@ -196,8 +221,10 @@ def _assigned(raw: Any) -> AssignedIdentity:
         node=_str(spec, "nodename"),
         status=_str(status, "status"),
         identity=identity,
-        binding_name=_str(_mapping(binding, "metadata", required=False), "name"),
+        binding_name=_str(binding_meta, "name"),
         binding_weight=_weight(_mapping(binding, "spec", required=False).get("weight")),
+        binding_namespace=_str(binding_meta, "namespace"),
+        binding=embedded,
     )
 
 

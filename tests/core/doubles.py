@@ -40,6 +40,9 @@ class Catalog:
     def bindings(self, namespace):
         return [b for b in self.bound if namespace is None or b.namespace == namespace]
 
+    def binding(self, namespace, name):
+        return next((b for b in self.bound if b.namespace == namespace and b.name == name), None)
+
     def identities(self, namespace):
         return [i for i in self.ids if i.namespace == namespace]
 

@@ -151,3 +151,28 @@ def test_object_key_names_any_namespaced_object():
     assert object_key(make_binding("b", "team", identity="i", selector="s")) == ("team", "b")
     assert object_key({"metadata": {"name": "cluster-scoped"}}) is None
     assert object_key("garbage") is None
+
+
+def test_a_binding_projects_its_active_windows_once_parsed():
+    binding = project_binding(make_binding("b", "team", identity="id", selector="sel",
+                                           active_windows="Mon-Fri 00:00-01:00 Europe/Berlin; Sat 10:00-12:00 UTC"))
+    assert binding.windows_error == "" and [w.zone.key for w in binding.windows.windows] == ["Europe/Berlin", "UTC"]
+    assert project_binding(make_binding("b", "team", identity="id", selector="sel")).windows is None
+
+
+@pytest.mark.parametrize("annotation", ["Funday 00:00-01:00 UTC", "", "Mon 00:00-01:00 Nowhere/Atlantis", 42])
+def test_a_malformed_active_windows_annotation_keeps_the_binding_with_the_reason(annotation):
+    raw = make_binding("b", "team", identity="id", selector="sel")
+    raw["metadata"]["annotations"] = {"aadpodidentity.k8s.io/active-windows": annotation}
+    binding = project_binding(raw)
+    assert binding is not None and binding.selector == "sel"
+    assert binding.windows is None and binding.windows_error
+
+
+def test_an_assigned_identity_keeps_mics_copy_of_the_binding_with_its_windows():
+    identity = make_identity("id", "team", client_id="cid")
+    binding = make_binding("b", "team", identity="id", selector="sel", active_windows="Sat 10:00-12:00 UTC")
+    assigned = project_assigned_identity(make_assigned_identity("web-id", "default", pod="web", pod_namespace="team",
+                                                                identity=identity, binding=binding))
+    assert assigned.binding_namespace == "team" and assigned.binding.name == "b"
+    assert assigned.binding.windows.windows[0].start == 600
