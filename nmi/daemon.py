@@ -21,6 +21,7 @@ from aiohttp import web
 from . import __version__
 from .assembly import Parts, StartupError, assemble
 from .cli import Settings
+from .listen import KEEPALIVE_SECONDS, ConnectionLimits, GuardedSite, raise_fd_soft_limit, total_connections_for
 from .server import DaemonState, metrics_app, probe_app, token_app
 
 log = logging.getLogger("nmi")
@@ -38,20 +39,26 @@ class Daemon:
     async def run(self) -> int:
         settings = self.settings
         self.state.chain_required = settings.manage_iptables
+        # One budget for every listener: a source holds at most 64 connections, all together stay below the fd limit.
+        limits = ConnectionLimits(total=total_connections_for(raise_fd_soft_limit()))
         async with AsyncExitStack() as stack:
             parts: Parts = await assemble(settings, state=self.state, stack=stack)
             token_runner = web.AppRunner(token_app(parts.broker, config=parts.server_config, state=self.state,
                                                    proxy=parts.proxy, observer=parts.observer),
-                                         access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS)
+                                         access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS,
+                                         keepalive_timeout=KEEPALIVE_SECONDS)
             explain = parts.explainer.answer if parts.explainer else None
-            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None),
-                            web.AppRunner(metrics_app(parts.metrics.render), access_log=None)]
+            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None,
+                                          keepalive_timeout=KEEPALIVE_SECONDS),
+                            web.AppRunner(metrics_app(parts.metrics.render), access_log=None,
+                                          keepalive_timeout=KEEPALIVE_SECONDS)]
             for runner in (token_runner, *side_runners):
                 await runner.setup()
                 stack.push_async_callback(_cleanup_once, runner)
-            await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port")
-            await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port")
-            token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port")
+            await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port", limits=limits)
+            await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port", limits=limits)
+            token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port",
+                                       limits=limits)
             tasks = {name: asyncio.create_task(start(), name=name) for name, start in parts.root_tasks.items()}
             chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
@@ -85,8 +92,9 @@ class Daemon:
         return died[0] if died else None
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, flag: str) -> web.TCPSite:
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+async def _listen(runner: web.AppRunner, host: str, port: int, flag: str, *,
+                  limits: ConnectionLimits) -> web.TCPSite:
+    site = GuardedSite(runner, host, port, limits=limits, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:

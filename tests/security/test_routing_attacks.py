@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
-from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, managed_world
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.conftest import B
 from tests.security import rawhttp
-
-NO_IDENTITY_POD = "127.0.0.2"  # pod "other": runs on the node, matches no binding
-UNKNOWN_CALLER = "127.0.0.9"  # no pod has this address
-VM_IDENTITY = VmIdentity(client_id="eeeeeeee-5555-4555-8555-eeeeeeeeeeee")  # on the VM, bound to nobody
+from tests.security.conftest import NO_IDENTITY_POD, UNKNOWN_CALLER, VM_IDENTITY
 
 TOKEN_SPELLINGS = [
     b"/metadata/Identity/oauth2/token", b"/METADATA/IDENTITY/OAUTH2/TOKEN/", b"/metadata%2Fidentity%2Foauth2%2Ftoken",
@@ -30,25 +25,6 @@ HOST_TOKEN_SPELLINGS = [b"/host/token", b"/HOST/token", b"/Host/Token/", b"/host
 ODD_SPELLINGS = [b"/metadata%252Finstance", b"/metadata;x/instance", b"/metadata./instance", b"/metadata/inst%C4%B1nce",
                  b"/metadata/%E2%84%AAey", b"/metadata%00/instance", b"/metadata/%ff"]
 SELECT = b"?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id=" + VM_IDENTITY.client_id.encode()
-
-
-@pytest.fixture(scope="module")
-def fakes():
-    fakes = BackgroundFakes([A, B, C, NODE_IDENTITY, VM_IDENTITY])
-    fakes.start()
-    for obj in managed_world():
-        fakes.put(obj)
-    yield fakes
-    fakes.stop()
-
-
-@pytest.fixture(scope="module")
-def nmi(fakes, tmp_path_factory):
-    process = NmiProcess(tmp_path_factory.mktemp("nmi"), fakes, node=NODE,
-                         extra=["--operation-mode=managed", "--forceNamespaced", "--block-instance-metadata"])
-    process.start()
-    yield process
-    assert process.stop() == 0
 
 
 def forwarded(fakes) -> list[tuple[str, str]]:

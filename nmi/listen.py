@@ -1,0 +1,197 @@
+"""The listen path of nmi's servers: no input may stall the daemon (SPEC §7).
+
+aiohttp alone waits for a request head as long as its keep-alive timeout (an hour) and accepts connections until
+the process runs out of file descriptors, so a pod sending half a request head 140 times starved every other pod
+and both probes. Here, per connection:
+
+* a complete request head within `head_timeout` (10 s) of the connection opening, or of the first byte of the
+  next request on a kept-alive connection, else the connection is closed. An idle kept-alive connection (its
+  request answered, nothing of the next sent) is governed by aiohttp's keep-alive timeout instead, which the
+  daemon sets (`KEEPALIVE_SECONDS`); this is Go's ReadHeaderTimeout/IdleTimeout split;
+* at most `per_source` concurrent connections from one source address and `total` in all (derived from
+  RLIMIT_NOFILE with headroom for upstream sockets, watches and files); a connection over either is reset at
+  once, before anything is read from it;
+* the errors aiohttp's parser answers before any middleware runs (malformed request line, unknown method, header
+  too long) are IMDS JSON like every other error, and logged at debug (a pod's garbage is not an nmi error).
+
+The handler relies on three attributes of aiohttp's RequestHandler (`_waiter`, `_messages`, `_request_count`);
+tests/security/test_connection_limits.py fails if an aiohttp upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT_SECONDS = 10.0
+PER_SOURCE_CONNECTIONS = 64
+KEEPALIVE_SECONDS = 60.0  # aiohttp's default (3630 s) is meant for reverse proxies, not for pods
+FD_HEADROOM_MIN = 256  # descriptors kept free of client connections: IMDS/AAD/API sockets, watches, files
+
+
+def raise_fd_soft_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do since 1.19); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # not permitted: keep what we have
+            pass
+    return soft
+
+
+def total_connections_for(fd_soft_limit: int) -> int:
+    """Client connections allowed in all: the fd limit less a quarter (at least FD_HEADROOM_MIN) of headroom."""
+    if fd_soft_limit == resource.RLIM_INFINITY or fd_soft_limit <= 0:
+        fd_soft_limit = 1 << 20
+    headroom = max(FD_HEADROOM_MIN, fd_soft_limit // 4)
+    return max(16, fd_soft_limit - headroom)
+
+
+class ConnectionLimits:
+    """Open connections per source address and in all, shared by every listener of the process."""
+
+    def __init__(self, *, per_source: int = PER_SOURCE_CONNECTIONS, total: int | None = None) -> None:
+        if total is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            total = total_connections_for(soft)
+        self.per_source = per_source
+        self.total = total
+        self.open = 0
+        self.refused = 0
+        self._by_source: dict[str, int] = {}
+
+    def acquire(self, source: str) -> bool:
+        held = self._by_source.get(source, 0)
+        if held >= self.per_source or self.open >= self.total:
+            self.refused += 1
+            return False
+        self._by_source[source] = held + 1
+        self.open += 1
+        return True
+
+    def release(self, source: str) -> None:
+        held = self._by_source.get(source, 0) - 1
+        if held > 0:
+            self._by_source[source] = held
+        else:
+            self._by_source.pop(source, None)
+        self.open -= 1
+
+    def held_by(self, source: str) -> int:
+        return self._by_source.get(source, 0)
+
+
+class GuardedRequestHandler(RequestHandler):
+    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted")
+
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._source = ""
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._source = str(peer[0]) if peer else ""
+        if not self._limits.acquire(self._source):
+            transport.abort()  # reset at once: the descriptor is freed now, not after a close handshake
+            log.debug("connection from %s refused: %d open from it, %d in all", self._source,
+                      self._limits.held_by(self._source), self._limits.open)
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._limits.release(self._source)
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if self._head_timer is None and data and self._waiting_for_next_request():
+            self._arm_head_timer()  # the first byte of the next request on a kept-alive connection
+        heads_before = self._request_count
+        super().data_received(data)
+        if self._request_count != heads_before:
+            self._disarm_head_timer()
+
+    def _waiting_for_next_request(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.debug("closing connection from %s: no complete request head within %.1fs", self._source,
+                  self._head_timeout)
+        self.force_close()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse or handle, as IMDS JSON without caller bytes."""
+        if status >= 500:
+            log.error("error handling a request from %s", self._source, exc_info=exc)
+        else:
+            log.debug("malformed request from %s: %s", self._source, type(exc).__name__ if exc else status)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        error = "invalid_request" if status < 500 else "internal_error"
+        description = "Malformed HTTP request" if status < 500 else "Internal error; see the nmi log"
+        response = web.Response(status=status, text=json.dumps({"error": error, "error_description": description},
+                                                               separators=(",", ":")),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose connections are GuardedRequestHandlers; stop/cleanup work as for any site."""
+
+    __slots__ = ("_limits", "_head_timeout")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ConnectionLimits,
+                 head_timeout: float = HEAD_TIMEOUT_SECONDS, reuse_address: bool | None = True) -> None:
+        super().__init__(runner, host, port, reuse_address=reuse_address)
+        self._limits = limits
+        self._head_timeout = head_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner; TCPSite.start would listen unguarded
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        handler_kwargs = dict(server._kwargs)  # what the runner was given (keepalive_timeout, access_log, ...)
+
+        def guarded() -> GuardedRequestHandler:
+            return GuardedRequestHandler(server, loop=loop, limits=self._limits, head_timeout=self._head_timeout,
+                                         **handler_kwargs)
+
+        self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog,
+                                                reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
