@@ -127,12 +127,44 @@ def _timestamp(created: float) -> str:
     return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Characters caller text could use to start a line, rewrite a terminal or hide text (SPEC §7 "Logs cannot be
+# forged"): C0 (tab, CR, LF, ESC...), DEL, C1 (NEL U+0085, CSI U+009B...), the Unicode line and paragraph
+# separators, bidirectional controls, and lone surrogates (which would make the stream's encoder drop the record).
+_UNSAFE = ("\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff")
+_UNSAFE_CODEPOINTS = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x200E, 0x200F,
+                      *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000)]
+_SHORT_ESCAPES = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+# str.translate tables: one pass, linear in the length of the text whatever it contains.
+_TEXT_ESCAPES = {cp: _SHORT_ESCAPES.get(cp) or (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}")
+                 for cp in _UNSAFE_CODEPOINTS}
+_TEXT_ESCAPES[ord("\\")] = "\\\\"  # so that an escape in the log always was one in the text
+_JSON_ESCAPES = {cp: f"\\u{cp:04x}" for cp in _UNSAFE_CODEPOINTS if cp >= 0x7F}  # json.dumps escapes C0 itself
+_NEEDS_QUOTES = re.compile(f'[\\s"=\\\\{_UNSAFE}]')
+
+
+def escape_text(text: str) -> str:
+    """`text` on one line with nothing a terminal or a log reader would act on: every character above written
+    as `\\n`, `\\t`, `\\r`, `\\xNN` or `\\uNNNN`, and `\\` doubled."""
+    return text.translate(_TEXT_ESCAPES)
+
+
+def escape_lines(text: str) -> str:
+    """Multi-line text (a traceback) for the text format: each line escaped, continuation lines indented, so
+    no line of it can pass for a record of its own."""
+    return "\n  ".join(escape_text(line) for line in text.split("\n"))
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """One JSON object on one line with no raw DEL, C1, separator, bidi control or lone surrogate."""
+    return json.dumps(entry, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
 def _text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-    if text == "" or re.search(r'[\s"=\\]', text):
-        return json.dumps(text, ensure_ascii=False)
+    if text == "" or _NEEDS_QUOTES.search(text):
+        return json.dumps(text, ensure_ascii=False).translate(_JSON_ESCAPES)
     return text
 
 
@@ -140,15 +172,15 @@ class TextFormatter(logging.Formatter):
     """`<time> <LEVEL> <logger>: <message> key=value ...`, one line per record (plus exception text)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
-        fields = "".join(f" {k}={_text_value(v)}" for k, v in record_extras(record).items())
-        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {message}{fields}"
+        message = escape_text(record.getMessage())
+        fields = "".join(f" {escape_text(str(k))}={_text_value(v)}" for k, v in record_extras(record).items())
+        line = f"{_timestamp(record.created)} {record.levelname} {escape_text(record.name)}: {message}{fields}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line += "\n" + record.exc_text
+            line += "\n  " + escape_lines(record.exc_text)
         if record.stack_info:
-            line += "\n" + record.stack_info
+            line += "\n  " + escape_lines(record.stack_info)
         return line
 
 
@@ -175,7 +207,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json_line(entry)
 
 
 class _NmiHandler(logging.StreamHandler):
