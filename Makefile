@@ -1,5 +1,5 @@
-# The two commands of the README, and the release artefacts. Each installs what it needs first (.venv).
-.PHONY: demo test bench manifests lock
+# The two commands of the README, the benchmarks and the release artefacts. Each installs what it needs first.
+.PHONY: demo test bench soak manifests lock
 
 demo:
 	@bash scripts/bootstrap.sh
@@ -12,6 +12,12 @@ test:
 bench:
 	@bash scripts/bootstrap.sh
 	@.venv/bin/python -m bench
+
+# nmi under steady load and recurring faults; 30 minutes unless SOAK_SECONDS says otherwise. Stops by itself.
+soak:
+	@bash scripts/bootstrap.sh
+	@.venv/bin/python -m pip install -q -e '.[bench]'
+	@.venv/bin/python -m bench.soak --seconds $${SOAK_SECONDS:-1800} $(if $(SOAK_OUT),--out $(SOAK_OUT),)
 
 # deploy/*.yaml for `kubectl apply -f` users, rendered from daemonset/ with the real kustomize (kubectl from the
 # test extras). IMAGE is nmi's image reference; the default is the base's placeholder, which never pulls.

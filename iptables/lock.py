@@ -21,14 +21,15 @@ DEFAULT_LOCK_PATH = "/run/xtables.lock"
 class XtablesLock:
     def __init__(
         self,
-        path: str = DEFAULT_LOCK_PATH,
+        path: str | None = None,
         *,
         timeout: float = 5.0,
         poll_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.path = path
+        # XTABLES_LOCKFILE is where iptables itself looks when it is set: nmi and the node's tools share one lock.
+        self.path = path or os.environ.get("XTABLES_LOCKFILE") or DEFAULT_LOCK_PATH
         self._timeout = timeout
         self._poll_interval = poll_interval
         self._clock = clock

@@ -25,6 +25,7 @@ from .kube.watches import node_informers
 from .errors import NmiError
 from .explain import Explainer
 from .logs import log_access
+from .loop_lag import watch_loop_lag
 from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
@@ -164,12 +165,15 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
     root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
     if audit is not None:
         def warn(binding, message, audit=audit):
             audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
     reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
     root_tasks["binding-window-errors"] = functools.partial(_report_window_errors, catalog, reporter)
+    if settings.node_startup_taint:
+        root_tasks["startup-taint"] = _startup_taint_task(settings, state, api_client, stack)
 
     return Parts(broker=broker, proxy=proxy, metrics=metrics,
                  observer=TokenObserver(metrics, state, audit),
@@ -177,6 +181,16 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                                                  block_instance_metadata=settings.block_instance_metadata),
                  root_tasks=root_tasks, chain_task=_chain(settings, state, metrics) if settings.manage_iptables else None,
                  explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
+
+
+def _startup_taint_task(settings: Settings, state: DaemonState, api_client, stack: AsyncExitStack):
+    from .kube.nodes import KubeNodeTaints
+    from .startup_taint import remove_startup_taint
+
+    nodes = KubeNodeTaints(api_client)
+    stack.callback(nodes.close)
+    return functools.partial(remove_startup_taint, nodes, node=settings.node, key=settings.node_startup_taint,
+                             ready=lambda: state.ready)
 
 
 async def _final_flush(audit: AuditRecorder) -> None:

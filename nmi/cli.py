@@ -48,6 +48,7 @@ class Settings:
     # nmi's own flags (no upstream equivalent)
     manage_iptables: bool = True
     fail_closed: bool = False
+    node_startup_taint: str = ""
     iptables_backend: str = "auto"
     audit_events: bool = True
     workload_identity: bool = False
@@ -144,6 +145,18 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+_TAINT_KEY = re.compile(r"^(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def parse_taint_key(text: str) -> str:
+    """A Kubernetes taint key: an optional DNS subdomain prefix (<= 253) and `/`, then a name of <= 63 characters."""
+    key = text.strip()
+    if key and (not _TAINT_KEY.match(key) or ("/" in key and len(key.partition("/")[0]) > 253)):
+        raise ValueError(f"{text!r} is not a taint key (e.g. example.com/not-ready)")
+    return key
+
+
 def choice(*allowed: str):
     def parse(text: str) -> str:
         lowered = text.strip().lower()
@@ -212,6 +225,8 @@ def _build_parser() -> _Parser:
     switch("manage-iptables", "manage_iptables", True, "install and supervise the aad-metadata chain")
     switch("fail-closed", "fail_closed", False,
            "on SIGTERM/SIGINT swap the DNAT for a reject of pod TCP to the metadata address (instead of removing it)")
+    flag("node-startup-taint", "node_startup_taint", parse_taint_key, "",
+         "once ready, remove this taint (key) from the Node named by --node")
     flag("iptables-backend", "iptables_backend", choice("auto", "legacy", "nft"), "auto", "auto, legacy or nft")
     switch("audit-events", "audit_events", True, "record token issuance as Events on the AzureIdentityBinding")
     switch("workload-identity", "workload_identity", False,
@@ -251,6 +266,8 @@ def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) ->
     force_namespaced = ns.force_namespaced or environ.get("FORCENAMESPACED") == "true"
     if ns.operation_mode == "managed" and not force_namespaced:
         raise UsageError("flag --operation-mode=managed requires --forceNamespaced (managed mode is namespaced)")
+    if ns.node_startup_taint and not ns.node:
+        raise UsageError("flag --node-startup-taint requires --node (the Node to remove the taint from)")
     values = {k: v for k, v in vars(ns).items() if k != "version"}
     values["flag_warnings"] = tuple(flag_warnings)
     values["force_namespaced"] = force_namespaced

@@ -22,11 +22,12 @@ from . import __version__
 from .assembly import Parts, StartupError, assemble
 from .cli import Settings
 from .listen import KEEPALIVE_SECONDS, ConnectionLimits, GuardedSite, raise_fd_soft_limit, total_connections_for
-from .server import DaemonState, metrics_app, probe_app, token_app
+from .server import DRAIN, DaemonState, metrics_app, probe_app, token_app
 
 log = logging.getLogger("nmi")
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+DRAIN_ANSWER_MARGIN = 1.0  # before the drain ends, requests still in flight are answered 503
 LAST_RESORT_SECONDS = 20.0  # below the DaemonSet's 30 s termination grace period
 
 
@@ -43,9 +44,9 @@ class Daemon:
         limits = ConnectionLimits(total=total_connections_for(raise_fd_soft_limit()))
         async with AsyncExitStack() as stack:
             parts: Parts = await assemble(settings, state=self.state, stack=stack)
-            token_runner = web.AppRunner(token_app(parts.broker, config=parts.server_config, state=self.state,
-                                                   proxy=parts.proxy, observer=parts.observer),
-                                         access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS,
+            tokens = token_app(parts.broker, config=parts.server_config, state=self.state, proxy=parts.proxy,
+                               observer=parts.observer)
+            token_runner = web.AppRunner(tokens, access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS,
                                          keepalive_timeout=KEEPALIVE_SECONDS)
             explain = parts.explainer.answer if parts.explainer else None
             side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None,
@@ -76,7 +77,11 @@ class Daemon:
                 await asyncio.gather(chain, return_exceptions=True)
                 log.error("root task %s ended: exiting with the aad-metadata chain left in place (fail closed)",
                           died.get_name())
-            await _cleanup_once(token_runner)  # 3. drain in-flight requests (bounded by shutdown_timeout)
+            # 3. drain in-flight requests; those still running near the end get 503 + Retry-After, never a reset
+            answer_now = asyncio.get_running_loop().call_later(SHUTDOWN_DRAIN_SECONDS - DRAIN_ANSWER_MARGIN,
+                                                               tokens[DRAIN].answer_all_now)
+            await _cleanup_once(token_runner)
+            answer_now.cancel()
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)

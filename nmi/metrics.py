@@ -137,6 +137,8 @@ def _families() -> list[Family]:
         Family("nmi_iptables_repairs_total", "Repairs of the aad-metadata chain", "counter", ("reason",)),
         Family("nmi_requests_not_ready_total", "Token requests answered while nmi was not ready", "counter"),
         Family("nmi_audit_events_dropped_total", "Token issuance audit Events not written", "counter", ("reason",)),
+        Family("nmi_event_loop_lag_seconds", "Largest lateness of a 0.5 s event-loop timer over the last 10 s",
+               "gauge"),
         Family("nmi_binding_window_errors", "AzureIdentityBindings whose active-windows annotation is malformed "
                "(never active)", "gauge"),
     ]
@@ -159,6 +161,7 @@ class Metrics:
         self._store.set("nmi_pods_indexed", (), 0)
         self._store.add("nmi_requests_not_ready_total", (), 0)
         self._store.set("nmi_binding_window_errors", (), 0)
+        self._store.set("nmi_event_loop_lag_seconds", (), 0)
 
     # -- the token routes -------------------------------------------------------------------------------
     def observe_request(self, *, route: str, status: int, namespace: str, resource: str, seconds: float) -> None:
@@ -236,6 +239,9 @@ class Metrics:
     # -- the node ---------------------------------------------------------------------------------------
     def iptables_repaired(self, reason: str) -> None:
         self._store.add("nmi_iptables_repairs_total", (self._reasons(reason),))
+
+    def set_event_loop_lag(self, seconds: float) -> None:
+        self._store.set("nmi_event_loop_lag_seconds", (), seconds)
 
     # -- exposition -------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

@@ -6,6 +6,7 @@ JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from . import __version__, imds
 from .broker import Outcome, TokenBroker
-from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError, Unavailable
 from .imds import Route
 from .proxy import ImdsProxy
 
@@ -53,6 +54,22 @@ class DaemonState:
             why.append("shutting down")
         return why
 
+class Drain:
+    """Token requests in flight at shutdown. When the drain time is nearly spent, those still running are
+    answered 503 + Retry-After (`answer_all_now`) instead of having their connection cut by the server."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[asyncio.Task] = set()
+        self.cut = False
+
+    def answer_all_now(self) -> None:
+        self.cut = True
+        for task in list(self.in_flight):
+            task.cancel(DRAIN_CUT)
+
+
+DRAIN_CUT = "nmi is shutting down"
+
 @dataclass(frozen=True, slots=True)
 class TokenServerConfig:
     metadata_header_required: bool = True
@@ -71,6 +88,7 @@ CONFIG = web.AppKey("config", TokenServerConfig)
 STATE = web.AppKey("state", DaemonState)
 OBSERVER = web.AppKey("observer", AccessObserver)
 PROXY = web.AppKey("proxy", ImdsProxy)
+DRAIN = web.AppKey("drain", Drain)
 
 def caller_ip(request: web.Request) -> str:
     """The TCP peer address (DNAT keeps the pod's source address). IPv4-mapped IPv6 is unwrapped."""
@@ -146,14 +164,23 @@ async def observed(request: web.Request, route: Route,
     started = time.perf_counter()
     outcome: Outcome | None = None
     resource = pod_key = ""
+    drain, task = request.app[DRAIN], asyncio.current_task()
+    drain.in_flight.add(task)
     try:
         response, outcome, resource = await handler(request)
     except NmiError as error:
         response = error_response(error)
         pod_key = error.pod_key
+    except asyncio.CancelledError:
+        if not drain.cut or task is None:
+            raise
+        task.uncancel()  # cancelled by the drain, not by the server: answer instead of vanishing
+        response = error_response(Unavailable(DRAIN_CUT + "; retry", retry_after=1))
     except Exception:
         log.exception("internal error handling %s %s", request.method, route.value)
         response = error_response(NmiError("Internal error; see the nmi log"))
+    finally:
+        drain.in_flight.discard(task)
     if not resource:
         resource = request.query.get("resource", "")
     request.app[OBSERVER].token_request(route=route.value, method=request.method[:16], status=response.status,
@@ -191,6 +218,7 @@ def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonSt
     app[STATE] = state
     app[PROXY] = proxy
     app[OBSERVER] = observer or AccessObserver()
+    app[DRAIN] = Drain()
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 

@@ -82,7 +82,7 @@ class TokenService:
         self._aad = AadHttpClient(self._aad_session, timeout=attempt_timeout)
         self._cache = TokenCache(clock=clock, max_entries=max_entries, policy=refresh_policy)
         self._retry = RetryPolicy(clock=clock, sleep=sleep, budget=retry_budget, max_attempts=max_attempts,
-                                  base_delay=retry_base_delay, rng=rng)
+                                  base_delay=retry_base_delay, rng=rng, attempt_timeout=attempt_timeout)
         self._imds_gate = UpstreamGate(rate=imds_rate, concurrency=imds_concurrency, clock=clock, sleep=sleep)
         # Slow Azure AD calls must not take every worker thread and starve IMDS (and vice versa).
         self._aad_slots = asyncio.Semaphore(max(1, max_workers - imds_concurrency))
@@ -277,6 +277,9 @@ class TokenService:
             raise UpstreamFailure(None, "unreachable", type(exc).__name__) from None
         except msal.exceptions.MsalServiceError:  # MSAL raises on a 5xx token answer
             result = {}
+        except ValueError:  # MSAL re-raises JSONDecodeError for a body that is not JSON: transient, not a bug
+            raise failure_from(self._aad.last_answer(), {}, self._clock(),
+                               description="Azure AD answered with a body that is not JSON") from None
         if "access_token" not in result:
             answer = self._aad.last_answer()
             raise failure_from(answer, result or (answer.json_object() if answer else {}), self._clock(), secret=secret)

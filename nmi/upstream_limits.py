@@ -88,9 +88,12 @@ class RetryPolicy:
     """Exponential backoff with jitter inside a bounded total time; honours Retry-After."""
 
     def __init__(self, *, clock: Clock, sleep: Sleep, budget: float = 10.0, max_attempts: int = 5,
-                 base_delay: float = 1.0, max_delay: float = 4.0, rng: random.Random | None = None) -> None:
+                 base_delay: float = 1.0, max_delay: float = 4.0, rng: random.Random | None = None,
+                 attempt_timeout: float | None = None) -> None:
         self._clock, self._sleep = clock, sleep
         self._budget, self._max_attempts = budget, max_attempts
+        # With it, no caller waits past budget + attempt_timeout, however long an attempt queues for a slot.
+        self._attempt_timeout = attempt_timeout
         self._base, self._cap = base_delay, max_delay
         self._rng = rng or random.Random()
 
@@ -102,7 +105,7 @@ class RetryPolicy:
         deadline = self._clock() + self._budget
         for number in range(self._max_attempts):
             try:
-                return await attempt()
+                return await self._bounded(attempt, deadline)
             except UpstreamFailure as failure:
                 retryable = failure.status is None or failure.status in retry_statuses
                 delay = max(self.backoff(number), failure.retry_after or 0.0)
@@ -112,6 +115,17 @@ class RetryPolicy:
                                        retry_statuses=retry_statuses) from None
             await self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _bounded(self, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """One attempt, cut off once the budget and one attempt's time are spent (e.g. queued behind the
+        upstream's concurrency cap while it hangs): the caller gets 503 + Retry-After, not an endless wait."""
+        if self._attempt_timeout is None:
+            return await attempt()
+        limit = max(0.0, deadline - self._clock()) + self._attempt_timeout
+        try:
+            return await asyncio.wait_for(attempt(), limit)
+        except TimeoutError:
+            raise UpstreamFailure(None, "timeout", f"no answer within {limit:.1f}s") from None
 
 
 def _with_hint(failure: UpstreamFailure, delay: float) -> UpstreamFailure:

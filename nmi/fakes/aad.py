@@ -105,6 +105,9 @@ class FakeAad:
     def fail_next(self, count: int, fault: Fault) -> None:
         self._faults.extend([fault] * count)
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery)
@@ -140,7 +143,8 @@ class FakeAad:
         self.token_requests += 1
         if self._faults:
             fault = self._faults.popleft()
-            answer = await fault.play(error="temporarily_unavailable", description=f"fake AAD {fault.status}")
+            answer = await fault.play(error="temporarily_unavailable", description=f"fake AAD {fault.status}",
+                                      request=request)
             if answer is not None:
                 return answer
         tenant = request.match_info["tenant"]

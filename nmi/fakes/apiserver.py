@@ -3,7 +3,8 @@
 Speaks what nmi uses: pod, ServiceAccount, ReplicaSet, Deployment and CRD list/watch (selectors, resourceVersions, bookmarks, 410 for
 compacted history, streams held open until `timeoutSeconds`), Secret GET, Event POST, and TokenRequest
 (`serviceaccounts/{name}/token`, RS256 tokens signed by `sa_issuer`, bound to a pod checked by name and UID). Records every request so tests
-can assert how the client behaved ("one list, then watches"), and can inject 500s or dropped connections.
+can assert how the client behaved ("one list, then watches"), and can inject 500s or dropped connections, slow
+lists (`list_delay`), cut watch streams (`cut_watches`) and a restart on the same port (`stop` then `start`).
 
     server = FakeApiServer()
     await server.start()          # server.url → "http://127.0.0.1:<port>"
@@ -42,6 +43,7 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
     make_secret,
     make_service_account,
 )
+from .nodes import FakeNodes
 from .sa_issuer import ServiceAccountIssuer, rfc3339
 from .serving import FakeSite
 
@@ -78,8 +80,11 @@ class FakeApiServer:
         self.requests: list[RequestRecord] = []
         self.posted_events: list[dict[str, Any]] = []
         self.sa_issuer = ServiceAccountIssuer()
+        self.nodes = FakeNodes()  # GET and JSON-patch PATCH of /api/v1/nodes/{name} (nodes.py)
         self.token_requests: list[dict[str, Any]] = []  # (namespace, service_account, spec) of each one granted
         self._faults: list[_Fault] = []
+        self.list_delay = 0.0  # seconds every list (not watch) waits before answering
+        self.slow_resources: frozenset[str] | None = None  # plurals `list_delay` applies to (None: all)
         self._site = FakeSite(shutdown_timeout=1.0)
         self.url = ""
 
@@ -98,6 +103,7 @@ class FakeApiServer:
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/{plural:replicasets|deployments}", self._collection)
         app.router.add_get(CRD_PREFIX + "/namespaces/{ns}/{plural}", self._collection)
         app.router.add_get(CRD_PREFIX + "/{plural}", self._collection)
+        self.nodes.install(app)
         bound_host, bound_port = await self._site.serve(app, host, port)
         self.url = f"http://{bound_host}:{bound_port}"
         return self.url
@@ -123,6 +129,12 @@ class FakeApiServer:
         for watcher in list(self.state.watchers):
             watcher.queue.put_nowait(("bookmark", self.state.resource_version))
 
+    def cut_watches(self, resource: str | None = None) -> None:
+        """Drop open watch streams mid-flight (no clean end of stream), as a dead peer or proxy does."""
+        for watcher in list(self.state.watchers):
+            if resource is None or watcher.plural == resource:
+                watcher.queue.put_nowait(("cut", 0))
+
     def close_watches(self, resource: str | None = None) -> None:
         """End open watch streams normally (as the API server does at timeoutSeconds)."""
         for watcher in list(self.state.watchers):
@@ -132,6 +144,9 @@ class FakeApiServer:
     def fail_next(self, count: int, *, status: int | None = 500, path_prefix: str = "", verb: str | None = None) -> None:
         """The next `count` matching requests get `status` (None: the connection is dropped)."""
         self._faults.append(_Fault(count, status, path_prefix, verb))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
 
     def count(self, resource: str, verb: str) -> int:
         return sum(1 for r in self.requests if r.resource == resource and r.verb == verb)
@@ -167,6 +182,8 @@ class FakeApiServer:
         matches = selector_matcher(request.query.get("fieldSelector", ""), request.query.get("labelSelector", ""))
         if request.query.get("watch") in ("true", "1"):
             return await self._watch(request, Watcher(plural, namespace, matches))
+        if self.list_delay and (self.slow_resources is None or plural in self.slow_resources):
+            await asyncio.sleep(self.list_delay)
         kind, api_version = RESOURCES[plural]
         return web.json_response({
             "apiVersion": api_version,
@@ -206,6 +223,9 @@ class FakeApiServer:
                     kind, payload = "bookmark", self.state.resource_version  # queue empty: all delivered
                 if kind == "close":
                     break
+                if kind == "cut":
+                    request.transport.abort()
+                    raise asyncio.CancelledError()  # aiohttp drops the handler quietly
                 if kind == "expired":
                     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                               "message": payload, "reason": "Expired", "code": 410}

@@ -34,20 +34,30 @@ class VmIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One programmed answer: a status with a JSON body, an optional Retry-After, and/or a delay first."""
+    """One programmed answer: a status with a JSON body, an optional Retry-After, and/or a delay first.
+
+    `text` replaces the JSON body with raw text (a malformed answer); `reset` drops the connection after the
+    delay without answering (a connection reset); a long `delay` is a hanging upstream."""
 
     status: int = 500
     body: dict[str, Any] | None = None
     retry_after: str | None = None
     delay: float = 0.0
+    text: str | None = None
+    reset: bool = False
 
-    async def play(self, *, error: str, description: str) -> web.Response | None:
+    async def play(self, *, error: str, description: str, request: web.Request | None = None) -> web.Response | None:
         """Wait the delay, then the programmed answer (None: a delay only, answer normally)."""
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.reset and request is not None and request.transport is not None:
+            request.transport.abort()
+            raise asyncio.CancelledError()  # aiohttp drops the handler quietly
         if not self.status:
             return None
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.text is not None:
+            return web.Response(text=self.text, status=self.status, headers=headers, content_type="application/json")
         body = self.body or {"error": error, "error_description": description}
         return web.json_response(body, status=self.status, headers=headers)
 
@@ -81,6 +91,9 @@ class FakeImds:
     def fail_next(self, count: int, fault: Fault) -> None:
         self._faults.extend([fault] * count)
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application(middlewares=[self._record])
         app.router.add_get(TOKEN_PATH, self._token)
@@ -110,7 +123,7 @@ class FakeImds:
     async def _answer_token(self, request: web.Request) -> web.StreamResponse:
         if self._faults:
             fault = self._faults.popleft()
-            answer = await fault.play(error="unknown", description=f"fake IMDS fault {fault.status}")
+            answer = await fault.play(error="unknown", description=f"fake IMDS fault {fault.status}", request=request)
             if answer is not None:
                 return answer
         if self.response_delay:

@@ -131,7 +131,10 @@ class Informer:
             except Exception as exc:  # noqa: BLE001 - every foreign failure means: back off, retry
                 if self._stop.is_set():
                     return
-                failures += 1
+                # A watch that ran healthy for a while and then broke starts the backoff afresh: only failures
+                # in a row grow it (else a few cuts hours apart would leave every later cut 30 s blind).
+                lasted = operation == "watch" and self._clock() - started >= self._min_watch_seconds
+                failures = 1 if lasted else failures + 1
                 reason = "error"
                 self.errors += 1
                 log.warning("informer %s: %s failed (%s), retrying", self.target.resource, operation, describe_failure(exc))

@@ -203,3 +203,17 @@ def test_fail_closed_is_off_by_default_for_drop_in_compatibility():
     assert parse_args(["--fail-closed"]).fail_closed is True
     assert parse_args(["--fail-closed=true"]).fail_closed is True
     assert parse_args(["--fail-closed=false"]).fail_closed is False
+
+
+def test_node_startup_taint_takes_a_taint_key_and_needs_the_node():
+    assert parse_args([]).node_startup_taint == ""
+    settings = parse_args(["--node=n1", "--node-startup-taint=aadpodidentity.k8s.io/nmi-not-ready"])
+    assert settings.node_startup_taint == "aadpodidentity.k8s.io/nmi-not-ready"
+    with pytest.raises(UsageError, match="--node-startup-taint requires --node"):
+        parse_args(["--node-startup-taint=nmi-not-ready"])
+
+
+@pytest.mark.parametrize("key", ["a b", "/x", "x/", "-x", "Example.com/x", "a" * 64, "x/y/z"])
+def test_node_startup_taint_refuses_what_is_not_a_taint_key(key):
+    with pytest.raises(UsageError, match="--node-startup-taint"):
+        parse_args(["--node=n1", f"--node-startup-taint={key}"])

@@ -26,6 +26,13 @@ def render_kustomization(directory: Path) -> list[Manifest]:
     return _render(directory.resolve(), expected_kind="Kustomization")
 
 
+def apply_component(directory: Path, objects: list[Manifest]) -> list[Manifest]:
+    """`objects` as a kustomization listing them as resources and `directory` as its last component renders."""
+    combined = _apply_component(directory.resolve(), objects)
+    _refuse_duplicates(combined, directory)
+    return combined
+
+
 def load_yaml_documents(path: Path) -> list[Manifest]:
     # The tests render every combination of components: parse each file once (keyed on its mtime), copy out.
     return copy.deepcopy(_parsed(str(path), path.stat().st_mtime_ns))

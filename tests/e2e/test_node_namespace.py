@@ -44,9 +44,11 @@ def start_nmi(topo, kubeconfig, kubelet, backend, log, extra=()):
     raise AssertionError("nmi not ready")
 
 
+TOKEN_URL = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+
+
 def pod_token(topo) -> tuple[int, dict]:
-    url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
-    done = topo.pods[0].ns.run(*curl_argv(url), check=False)
+    done = topo.pods[0].ns.run(*curl_argv(TOKEN_URL), check=False)
     body, _, status = done.stdout.rpartition("\n")
     return int(status or 0), (json.loads(body) if status == "200" else {})
 
@@ -77,6 +79,10 @@ def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_p
         nmi.send_signal(signal.SIGKILL)
         nmi.wait(10)
         assert chain_lines(topo.node, backend) == expected  # left behind by the killed process
+        # Until the next nmi, pods are refused (curl exit 7), never answered by the node's IMDS (issue 11 item 3).
+        for _ in range(3):
+            refused = topo.pods[0].ns.run(*curl_argv(TOKEN_URL, max_time=3), check=False)
+            assert refused.returncode == 7 and refused.stdout.endswith("000"), (refused.returncode, refused.stdout)
         nmi = start_nmi(topo, kubeconfig, kubelet, backend, log)
         assert chain_lines(topo.node, backend) == expected  # exactly one jump, one chain
         assert pod_token(topo)[0] == 200

@@ -4,6 +4,10 @@ through a pod's traffic (IMDS on the node: INPUT; IMDS beyond the node: FORWARD)
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -18,32 +22,60 @@ METADATA = "169.254.169.254"
 URL = f"http://{METADATA}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
 
 
-def swap_agent(start_agent, ns: Namespace, mode: str, spec: ChainSpec, *, gap: float | None = None) -> Agent:
+def swap_agent(start_agent, ns: Namespace, mode: str, spec: ChainSpec, *, gate: Path | None = None) -> Agent:
     args = ["serve", "--backend", mode, "--target-ip", spec.target_ip]
-    if gap is not None:
-        args += ["--restore-command", f"{sys.executable} -m tests.iptables.slow_restore {gap}"]
+    if gate is not None:
+        args += ["--restore-command", f"{sys.executable} -m tests.iptables.slow_restore {gate}"]
     agent = start_agent(*args, ns=ns)
     agent.wait_for(lambda event: event.get("event") == "ready")
     return agent
 
 
-@pytest.mark.parametrize("mode, gap", [("legacy", None), ("nft", None), ("nft", 0.3)],
-                         ids=["legacy", "nft", "nft-commits-0.3s-apart"])
+@contextmanager
+def gatekeeper(gate: Path, samples: list) -> Iterator[None]:
+    """Lets slow_restore's held moments between commits go, each once a whole sample was taken inside it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        released: set[str] = set()
+        while not stop.is_set():
+            for marker in gate.glob("committed-*"):
+                name = marker.name.removeprefix("committed-")
+                if name not in released:
+                    seen = len(samples)
+                    deadline = time.monotonic() + 20
+                    while len(samples) < seen + 2 and time.monotonic() < deadline and not stop.is_set():
+                        time.sleep(0.005)
+                    (gate / f"go-{name}").touch()
+                    released.add(name)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("mode, held", [("legacy", False), ("nft", False), ("nft", True)],
+                         ids=["legacy", "nft", "nft-held-between-commits"])
 def test_rules_sampled_throughout_the_swaps_always_show_the_dnat_or_the_reject(netns: Namespace, start_agent,
-                                                                             mode, gap):
+                                                                             tmp_path, mode, held):
     spec = ChainSpec(METADATA, 80, "127.0.0.1", 2579)
-    agent = swap_agent(start_agent, netns, mode, spec, gap=gap)
+    agent = swap_agent(start_agent, netns, mode, spec, gate=tmp_path if held else None)
     agent.call("converge")
     for _ in range(2):
-        with sampling(netns, mode, spec, first="nat") as closing:
-            assert agent.call("fail-closed")["reasons"]
-        with sampling(netns, mode, spec, first="filter") as opening:
-            assert agent.call("converge")["reasons"]
+        with sampling(netns, mode, spec, first="nat") as closing, gatekeeper(tmp_path, closing):
+            assert agent.call("fail-closed", timeout=60)["reasons"]
+        with sampling(netns, mode, spec, first="filter") as opening, gatekeeper(tmp_path, opening):
+            assert agent.call("converge", timeout=60)["reasons"]
         assert closing[0] == (True, False) and closing[-1] == (False, True)
         assert opening[0] == (False, True) and opening[-1] == (True, False)
         assert all(dnat or reject for dnat, reject in closing + opening), closing + opening
-    if gap is not None:  # the stretched moment between the two commits was seen: both in place, never neither
-        assert (True, True) in closing and (True, True) in opening
+        if held:  # the moment between the two commits was seen: both in place, never neither
+            assert (True, True) in closing and (True, True) in opening
 
 
 @pytest.fixture
