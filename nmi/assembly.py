@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
+from .credential_loader import ParserProcess
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
 from .cli import Settings
@@ -142,6 +143,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                               allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
                               cross_namespace_secrets=settings.allow_cross_namespace_secrets))
     stack.push_async_callback(tokens.close)
+    # A PKCS#12 parse still running must not hold the exit (the pool's exit handler would wait for it).
+    stack.callback(ParserProcess.kill)
     policy = BrokerPolicy(
         mode=settings.operation_mode, namespaced=settings.force_namespaced, mic_namespace=settings.mic_namespace,
         wait_for_created=float(settings.retry_attempts_for_created * settings.find_identity_retry_interval),

@@ -13,10 +13,8 @@ OVERLAYS = ("managed", "standard")
 COMPONENTS = ("service-principal-secrets", "audit-events", "workload-identity", "exceptions/aks-addons",
               "exceptions/mic", "prometheus-operator", "startup-taint")
 # How many objects each component adds to an overlay's rendering.
-COMPONENT_OBJECTS = {"service-principal-secrets": 2, "audit-events": 2, "workload-identity": 2,
+COMPONENT_OBJECTS = {"service-principal-secrets": 2, "audit-events": 2, "workload-identity": 4,
                      "exceptions/aks-addons": 1, "exceptions/mic": 1, "prometheus-operator": 1, "startup-taint": 4}
-# Components whose objects only exist from a Kubernetes minor on (ValidatingAdmissionPolicy v1: 1.30).
-COMPONENT_MIN_KUBERNETES = {"startup-taint": (1, 30)}
 
 
 def render_overlay(mode: str) -> list[Manifest]:

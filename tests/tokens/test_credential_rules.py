@@ -150,3 +150,48 @@ async def test_a_parse_that_outlives_its_budget_is_stopped_and_cached_as_a_failu
     # The stuck worker was killed; the next bundle gets a fresh one.
     fresh = SecretData({"certificate": good, "password": b"pw"}, "10")
     assert (await loader.load(SERVICE_PRINCIPAL_CERTIFICATE, SecretRef("a", "slow"), fresh)).certificate_pem
+
+
+EXIT_WHILE_PARSING = """
+import asyncio
+from nmi.credential_loader import CredentialLoader, ParserProcess
+from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from nmi.model import SERVICE_PRINCIPAL_CERTIFICATE, SecretData, SecretRef
+
+key = new_key("rsa")
+bundle = with_mac_iterations(pkcs12_bundle(key, self_signed_certificate("x", key), b"p"), 2_000_000_000)  # minutes
+
+
+async def main():
+    parse = asyncio.ensure_future(CredentialLoader().load(SERVICE_PRINCIPAL_CERTIFICATE, SecretRef("a", "b"),
+                                                          SecretData({"certificate": bundle, "password": b"p"}, "1")))
+    while ParserProcess._pool is None or not getattr(ParserProcess._pool, "_processes", None):
+        await asyncio.sleep(0.01)
+    ParserProcess.kill()  # what nmi's shutdown does (assembly registers it on the exit stack)
+    parse.cancel()
+    await asyncio.gather(parse, return_exceptions=True)
+
+asyncio.run(main())
+print("exited")
+"""
+
+
+def test_a_parse_still_running_does_not_hold_the_exit():
+    """Without the kill, the pool's exit handler waits for the parse (minutes): the run below would time out."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    # Its own process group, so that on failure the parser process it spawned is killed too.
+    script = subprocess.Popen([sys.executable, "-c", EXIT_WHILE_PARSING], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = script.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(script.pid, signal.SIGKILL)  # whatever is left of the group (nothing, when it passes)
+        except ProcessLookupError:
+            pass
+        script.wait()
+    assert script.returncode == 0 and out.strip() == "exited", err[-2000:]
