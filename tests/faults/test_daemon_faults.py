@@ -97,7 +97,7 @@ def test_a_relabelled_pod_never_gets_its_old_identity_while_the_watch_is_broken(
         fakes.call(lambda: fakes.api.cut_watches("pods"))
         fakes.put(pod("web-stale", "127.0.0.91", "y"))
         # SPEC: the cache is stale as soon as the watch cannot be re-established; from then on never the old identity.
-        eventually(lambda: client_id(nmi, "127.0.0.91") != X.client_id, timeout=8, what="old identity dropped")
+        eventually(lambda: client_id(nmi, "127.0.0.91") != X.client_id, timeout=5, what="old identity dropped")
         assert {client_id(nmi, "127.0.0.91") for _ in range(5)} <= {Y.client_id, None}
     finally:
         nmi.stop()
