@@ -66,6 +66,7 @@ def _standard(pod: PodInfo, request: TokenRequest, catalog: IdentityCatalog, *, 
     usable: list[rules.Candidate] = []
     created: list[rules.Candidate] = []
     asleep: dict[tuple[str, str], Binding] = {}
+    awake_refs: set[tuple[str, str]] | None = None  # identities an active binding of the pod refers to
     for a in catalog.assigned(pod.namespace, pod.name):
         if a.pod != pod.name or a.pod_namespace != pod.namespace or a.identity is None:
             continue
@@ -75,9 +76,15 @@ def _standard(pod: PodInfo, request: TokenRequest, catalog: IdentityCatalog, *, 
             continue
         binding = binding_of(a, catalog)
         if binding is not None and not rules.is_active(binding, now):
-            if rules.select([a.identity], request):
-                asleep[(binding.namespace, binding.name)] = binding
-            continue
+            # MIC may have recorded only one of several bindings giving this identity: another active one
+            # still makes it the pod's. Computed only when an inactive binding is met (off the usual path).
+            if awake_refs is None:
+                awake_refs = {(b.namespace, b.identity_name) for b in rules.matching_bindings(
+                    pod, catalog.bindings(None), same_namespace=namespaced) if rules.is_active(b, now)}
+            if (a.identity.namespace, a.identity.name) not in awake_refs:
+                if rules.select([a.identity], request):
+                    asleep[(binding.namespace, binding.name)] = binding
+                continue
         (created if a.status == rules.CREATED else usable).append(rules.Candidate(a.identity, a.binding_weight))
     ready = rules.select(rules.ordered(usable), request)
     if ready:

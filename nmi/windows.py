@@ -27,7 +27,7 @@ windows is open; a malformed annotation makes it never active.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -91,6 +91,9 @@ class Opening:
 class ActiveWindows:
     windows: tuple[Window, ...]
     text: str  # the annotation as written (never sent to callers: it is the content of an API object)
+    # The last answer of next_opening and when it was asked: it stays the answer until that opening, so refused
+    # requests in a loop do not recompute it.
+    _memo: list = field(default_factory=list, compare=False, repr=False)
 
     def active_at(self, now: float) -> bool:
         return any(window.open_at(now) for window in self.windows)
@@ -102,6 +105,10 @@ class ActiveWindows:
         time it does) or at a DST transition (the end of a gap, or the jump back into an overlap), so only
         those instants need checking.
         """
+        if self._memo:
+            asked, answer = self._memo[0]
+            if asked <= now and (answer is not None and now < answer.at):
+                return answer
         best: Opening | None = None
         for window in self.windows:
             first = datetime.fromtimestamp(now, window.zone).date() - timedelta(days=1)
@@ -109,6 +116,8 @@ class ActiveWindows:
             for at in candidates:
                 if at > now and (best is None or at < best.at) and self.active_at(at):
                     best = Opening(at, window.zone)
+        if not self.active_at(now):  # only then is `best` the answer for every instant up to it
+            self._memo[:] = [(now, best)]
         return best
 
 

@@ -181,3 +181,12 @@ async def test_the_token_route_answers_403_access_denied_json(aiohttp_client):
     assert json.loads(await response.text()) == {
         "error": "access_denied",
         "error_description": f"binding default/night is not active now; next window {NEXT_AFTER_OUTSIDE}"}
+
+
+async def test_standard_mode_serves_an_identity_another_active_binding_of_the_pod_also_gives():
+    clock = WallClock(OUTSIDE)
+    app = pod("app", "10.0.0.5", label="sel")
+    ident = identity("id-a", "client-a")
+    catalog = Catalog(bound=[timeboxed("night", "id-a", "sel"), binding("always", "id-a", "sel")], ids=[ident],
+                      assignments=[replace(assignment(app, ident, "Assigned"), binding_name="night")])
+    assert (await standard(catalog, app, clock=clock).for_caller("10.0.0.5", TokenRequest("r"))).identity.name == "id-a"

@@ -45,7 +45,8 @@ class World:
                               workload_identity=workload)
         self.broker = TokenBroker(self.pods, self.catalog, self.tokens, policy=policy, wall_clock=lambda: NOW,
                                   service_accounts=self.catalog)
-        self.state = DaemonState(chain_installed=True, caches_synced=synced)
+        problems = [] if synced else ["pods watch: not synced yet"]
+        self.state = DaemonState(chain_installed=True, cache_problems=lambda: problems)
         self.explainer = Explainer(self.broker, self.pods, self.state, cached_tokens=cached_tokens)
 
     async def explain(self, aiohttp_client, **query):
@@ -210,3 +211,14 @@ async def test_a_bad_query_is_400_json(aiohttp_client, query):
     client = await aiohttp_client(probe_app(world.state, explain=world.explainer.answer))
     response = await client.get("/explain?" + query)
     assert response.status == 400 and (await response.json())["error"] == "invalid_request"
+
+
+async def test_a_binding_to_a_missing_identity_or_another_than_requested_says_so(aiohttp_client):
+    world = World(*identities(), make_pod("web", "team", "10.0.0.5", labels={"aadpodidbinding": "web"}),
+                  make_binding("b-a", "team", identity="id-a", selector="web"),
+                  make_binding("b-gone", "team", identity="id-gone", selector="web"))
+    report = await world.explain(aiohttp_client, pod="web", client_id=CID_B)
+    assert (report["status"], report["reason"]) == (400, "no-binding")
+    assert row(report, "team/b-a")["reason"] == "not-requested"
+    assert row(report, "team/b-gone")["reason"] == "identity-missing"
+    assert await world.served("10.0.0.5", client_id=CID_B) == 400

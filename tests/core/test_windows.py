@@ -119,3 +119,12 @@ def test_next_opening_is_the_first_instant_a_window_is_open(text, now, opens):
     opening = windows.next_opening(utc(now))
     assert opening is not None and opening.iso() == opens
     assert windows.active_at(opening.at) and not windows.active_at(opening.at - 1)
+
+
+def test_next_opening_is_remembered_until_it_comes_and_recomputed_after():
+    windows = parse_windows("Tue 14:00-15:00 UTC; Thu 14:00-15:00 UTC")
+    first = windows.next_opening(utc("2026-12-08T12:00:00"))
+    assert first.iso() == "2026-12-08T14:00:00+00:00"
+    assert windows.next_opening(utc("2026-12-08T13:59:59")) is first  # asked again before it: the same answer
+    assert windows.next_opening(utc("2026-12-08T15:00:00")).iso() == "2026-12-10T14:00:00+00:00"
+    assert windows.next_opening(utc("2026-12-08T11:00:00")).iso() == "2026-12-08T14:00:00+00:00"  # the clock went back
