@@ -109,7 +109,9 @@ async def generate(*, port: int, count: int, concurrency: int, metadata: bool = 
     """`count` requests over `concurrency` connections; request i asks for resource i when distinct.
     `timeout` bounds the whole run: requests still unanswered then count as failed."""
     cpu_before = _cpu_seconds()
-    connections = [await _connect(port, source) for _ in range(max(1, min(concurrency, count)))]
+    # Comma-separated sources: connection i comes from source i mod n (nmi caps connections per source).
+    sources = source.split(",")
+    connections = [await _connect(port, sources[i % len(sources)]) for i in range(max(1, min(concurrency, count)))]
     pending = iter(range(first_index, first_index + count))
     same = request_bytes(token_path(0, distinct_resources=False, resource=resource), port=port, metadata=metadata)
     latencies: list[float] = []
@@ -128,7 +130,7 @@ async def generate(*, port: int, count: int, concurrency: int, metadata: bool = 
                 status = await connection.send(data)
             except ConnectionError:
                 failed += 1
-                connection = await _connect(port, source)
+                connection = await _connect(port, sources[0])
                 connections.append(connection)
                 continue
             latencies.append(time.perf_counter() - started)
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="127.0.0.1", help="source address in 127.0.0.0/8")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on the whole run, seconds")
     args = parser.parse_args(argv)
-    if not args.source.startswith("127."):
+    if not all(source.startswith("127.") for source in args.source.split(",")):
         parser.error("the load generator only sends to and from loopback")
     result = asyncio.run(generate(port=args.port, count=args.count, concurrency=args.concurrency,
                                   metadata=args.metadata, distinct_resources=args.distinct_resources,

@@ -169,7 +169,7 @@ def running(make: Callable[[], ServerProcess], *, attempts: int = 3) -> Iterator
 
 def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metadata: bool = True,
              distinct_resources: bool = False, first_index: int = 0, timeout: float = 60.0,
-             resource: str = "") -> LoadResult:
+             resource: str = "", source: str = "") -> LoadResult:
     """Runs the load generator in its own process and returns what it measured; `timeout` bounds the run
     (unanswered requests then count as failed), and the process is killed if it overstays that."""
     argv = [sys.executable, "-m", "bench.loadgen", f"--port={port}", f"--count={count}",
@@ -180,6 +180,8 @@ def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metada
         argv.append("--distinct-resources")
     if resource:
         argv.append(f"--resource={resource}")
+    if source:
+        argv.append(f"--source={source}")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
     _pin(proc.pid, cpu)
     try:

@@ -16,7 +16,12 @@ from typing import Any
 
 from .processes import cpu_layout, run_load, running
 from .scenarios import _baseline, _nmi, _token_answer
-from .world import BenchFakes
+from .world import CALLER_IP, BenchFakes, bulk_pod_ip, bulk_pods
+
+# nmi holds at most 64 connections per source address (SPEC §7): above that the load comes from several pods,
+# at most 32 connections each. The baseline gets the same sources.
+CALLER_PODS = 8
+SOURCES = ",".join([CALLER_IP, *(bulk_pod_ip(i) for i in range(CALLER_PODS - 1))])
 
 CONNECTIONS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -25,6 +30,7 @@ def sweep(*, workdir: Path, requests: int, rounds: int, connections: tuple[int, 
     server_cpu, client_cpu = cpu_layout()
     rows: dict[str, list[dict[str, Any]]] = {"nmi": [], "baseline": []}
     with BenchFakes(workdir) as fakes:
+        fakes.put_all(bulk_pods(0, CALLER_PODS - 1))
         with running(lambda: _nmi(fakes, workdir, name="nmi-sweep", cpu=server_cpu)) as (nmi, _):
             status, body = _token_answer(nmi.service_port)
             if status != 200:
@@ -36,7 +42,7 @@ def sweep(*, workdir: Path, requests: int, rounds: int, connections: tuple[int, 
                 for count in connections:
                     for label, server in servers:
                         best = max((run_load(server.service_port, max(requests, count * 20), concurrency=count,
-                                             cpu=client_cpu) for _ in range(rounds)),
+                                             cpu=client_cpu, source=SOURCES) for _ in range(rounds)),
                                    key=lambda result: result.requests_per_second)
                         rows[label].append({"connections": count, "requests_per_second": best.requests_per_second,
                                             "p50_ms": best.p50_ms, "p99_ms": best.p99_ms, "failed": best.failed})
