@@ -24,6 +24,7 @@ from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
 from .errors import NmiError
+from .freshness import CacheHealth
 from .explain import Explainer
 from .logs import log_access
 from .loop_lag import watch_loop_lag
@@ -117,14 +118,16 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
 
     live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error(KUBE_GET_POD_LIST))
     stack.callback(live.close)
-    pods = PodIndex(live.live_pods_for_ip, on_change=None)
+    health = CacheHealth()
+    state.cache_problems = health.problems
+    pods = PodIndex(live.live_pods_for_ip, on_change=None, health=health)
     pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
     catalog = IdentityIndex()
     managed = settings.operation_mode == MANAGED
     workloads = None if managed else WorkloadIndex()  # the MIC check exists in standard mode only
     informers = node_informers(api_client, node=settings.node, pods=pods, identities=catalog,
                                managed=managed, scale_features=settings.scale_features,
-                               workload_identity=settings.workload_identity,
+                               workload_identity=settings.workload_identity, health=health,
                                mic_namespace=settings.mic_namespace, workloads=workloads,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
@@ -151,7 +154,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         wait_total=settings.identity_wait_seconds, retry_after_while_waiting=settings.set_retry_after_header,
         workload_identity=settings.workload_identity, workload_identity_tenant=settings.workload_identity_tenant_id,
         workload_identity_authority=settings.workload_identity_authority_host)
-    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, workloads=workloads)
+    broker = TokenBroker(pods, catalog, tokens, policy=policy, service_accounts=catalog, workloads=workloads,
+                         caches=health)
     proxy = ImdsProxy(settings.metadata_ip, settings.metadata_port)
     await proxy.start()
     stack.push_async_callback(proxy.close)
@@ -166,7 +170,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         stack.push_async_callback(_final_flush, audit)  # runs before writer.close: nothing recorded is lost
     for informer in informers:
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
-    root_tasks["caches-synced"] = functools.partial(_mark_synced, state, [i.synced for i in informers])
+    root_tasks["caches-synced"] = functools.partial(_log_synced, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
     root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
@@ -203,9 +207,9 @@ async def _final_flush(audit: AuditRecorder) -> None:
         log.warning("token issuance audit: final flush timed out")
 
 
-async def _mark_synced(state: DaemonState, events: list[asyncio.Event]) -> None:
+async def _log_synced(events: list[asyncio.Event]) -> None:
+    """Readiness follows CacheHealth directly (it also turns stale caches not-ready); this only logs."""
     await asyncio.gather(*(e.wait() for e in events))
-    state.caches_synced = True
     log.info("caches synced")
     await asyncio.Event().wait()  # a root task lives as long as the daemon
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import identities as rules
-from .errors import AccessDenied, IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
+from .errors import AccessDenied, CachesNotTrusted, IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
 from .model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, Binding, Identity, PodInfo, TokenGrant,
                     TokenRequest)
-from .ports import IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource, WorkloadDirectory
+from .ports import (CacheFreshness, IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource,
+                    WorkloadDirectory)
 from .resolution import Decision, denial, resolve
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,10 @@ class TokenBroker:
                  policy: BrokerPolicy, clock: Callable[[], float] | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  service_accounts: ServiceAccountDirectory | None = None,
-                 workloads: WorkloadDirectory | None = None) -> None:
+                 workloads: WorkloadDirectory | None = None,
+                 caches: CacheFreshness | None = None) -> None:
         self._pods = pods
+        self._caches = caches
         self._workloads = workloads  # standard mode: ReplicaSets/Deployments of --MICNamespace (the MIC check)
         self._service_accounts = service_accounts
         self._catalog = catalog
@@ -82,15 +85,27 @@ class TokenBroker:
 
     async def for_caller(self, ip: str, request: TokenRequest) -> Outcome:
         """The token route: the caller is whoever owns the TCP peer address."""
+        self._require_trusted(identity_only=True)  # the pod index guards its own cache (live confirmation)
         pod = await self._pods.pod_for_ip(ip)
         return await self._for_pod(pod, request, node_identity_allowed=True)
 
     async def for_named_pod(self, namespace: str, name: str, request: TokenRequest) -> Outcome:
         """/host/token: a node process asks on behalf of a named pod (no exception shortcut, as upstream)."""
+        self._require_trusted(identity_only=False)  # the pod is read from the cache only
         pod = self._pods.pod_by_name(namespace, name)
         if pod is None or not pod.live:
             raise PodNotOnNode(f"Pod {namespace}/{name} is not running on this node")
         return await self._for_pod(pod, request, node_identity_allowed=False)
+
+    def _require_trusted(self, *, identity_only: bool) -> None:
+        """SPEC §7: no answer — token, `Identity not found` or the node's identity — from a cache that is not synced
+        or stale: an identity or binding removed meanwhile could still be handed out. 503 + Retry-After instead."""
+        if self._caches is None:
+            return
+        problems = self._caches.identity_problems() if identity_only else self._caches.problems()
+        if problems:
+            raise CachesNotTrusted(f"nmi's view of the cluster is not up to date ({'; '.join(problems)});"
+                                   " retry later", retry_after=3)
 
     async def _for_pod(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool) -> Outcome:
         try:
@@ -197,6 +212,7 @@ class TokenBroker:
         policy = self._policy
         start = self._clock()
         while True:
+            self._require_trusted(identity_only=True)  # a watch may break while we wait
             decision = self.decide(pod, request)
             if decision.ready:
                 return list(decision.ready)

@@ -1,4 +1,5 @@
-"""In-memory indexes fed by the watch informers: pods by IP, identity objects by namespace and by pod.
+"""In-memory indexes fed by the watch informers: identity objects by namespace and by pod (and, re-exported from
+`nmi.pod_index`, pods by IP).
 
 Every mutation happens on the event loop (the informer hands events over with call_soon_threadsafe), so
 a reader never sees half an update and a check followed by `wait_changed` cannot miss a change.
@@ -8,19 +9,13 @@ Imports no foreign library.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections import OrderedDict
-from typing import Awaitable, Callable, Generic, Hashable, Iterable, Protocol, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Protocol, TypeVar
 
-from .errors import NmiError, PodConflict, PodNotFound
-from .model import AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, ServiceAccount
-
-log = logging.getLogger(__name__)
+from .model import AssignedIdentity, Binding, Identity, PodIdentityException, ServiceAccount
+from .pod_index import LiveLookup, PodIndex  # noqa: F401 - re-exported: the pod side of the caches
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
-LiveLookup = Callable[[str], Awaitable[list[PodInfo]]]
 
 
 class Store(Protocol[T_contra]):
@@ -143,157 +138,6 @@ class IdentityIndex:
         event.set()
         if self.on_change is not None:
             self.on_change()
-
-
-class PodIndex:
-    """`nmi.ports.PodDirectory`: this node's pods, live ones indexed by IP.
-
-    Only live pods (Pending/Running, not deleting) own an IP, so a completed or deleted pod's IP passes to
-    its successor. Live-lookup results are fed in unless the watch already knows a newer version or has
-    seen the pod deleted (its UID is remembered), so a slow lookup can never resurrect a gone pod.
-    """
-
-    def __init__(
-        self,
-        live_lookup: LiveLookup | None = None,
-        *,
-        negative_ttl: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[], None] | None = None,
-        on_conflict: Callable[[str, list[PodInfo]], None] | None = None,
-        tombstone_limit: int = 4096,
-    ) -> None:
-        self._live_lookup = live_lookup
-        self._negative_ttl = negative_ttl
-        self._clock = clock
-        self.on_change = on_change
-        self.on_conflict = on_conflict
-        self._tombstone_limit = tombstone_limit
-        self._by_key: dict[str, PodInfo] = {}
-        self._by_uid: dict[str, PodInfo] = {}
-        self._by_ip: dict[str, dict[str, PodInfo]] = {}
-        self._tombstones: OrderedDict[str, None] = OrderedDict()
-        self._misses: dict[str, float] = {}
-        self._lookups: dict[str, asyncio.Task[list[PodInfo]]] = {}
-        self.live_lookups = 0
-
-    @property
-    def pods_indexed(self) -> int:
-        return len(self._by_key)
-
-    def pod_by_name(self, namespace: str, name: str) -> PodInfo | None:
-        return self._by_key.get(f"{namespace}/{name}")
-
-    def pod_by_uid(self, uid: str) -> PodInfo | None:
-        return self._by_uid.get(uid)
-
-    def live_pods_with_ip(self, ip: str) -> list[PodInfo]:
-        owners = self._by_ip.get(ip, {})
-        return [owners[key] for key in sorted(owners)]
-
-    async def pod_for_ip(self, ip: str) -> PodInfo:
-        owners = self.live_pods_with_ip(ip)
-        if not owners and self._live_lookup is not None and not self._recent_miss(ip):
-            await self._look_up_live(ip)
-            owners = self.live_pods_with_ip(ip)
-        if len(owners) == 1:
-            return owners[0]
-        if not owners:
-            self._misses[ip] = self._clock() + self._negative_ttl
-            raise PodNotFound()
-        log.warning("pod IP conflict: %s is claimed by %s", ip, ", ".join(p.key for p in owners))
-        if self.on_conflict is not None:
-            self.on_conflict(ip, owners)
-        raise PodConflict()
-
-    # -- Store ---------------------------------------------------------------------------------------
-
-    def replace(self, items: Iterable[PodInfo]) -> None:
-        fresh = {pod.key: pod for pod in items}
-        for key, old in list(self._by_key.items()):
-            if key not in fresh or fresh[key].uid != old.uid:
-                self._remove(key)
-        for pod in fresh.values():
-            self._remove(pod.key, tombstone=False)
-            self._insert(pod)
-        self._changed()
-
-    def upsert(self, item: PodInfo) -> None:
-        if item.uid and item.uid in self._tombstones:
-            return
-        old = self._by_key.get(item.key)
-        if old is not None and old.uid == item.uid and _older(item.resource_version, old.resource_version):
-            return
-        if old is not None:
-            self._remove(item.key, tombstone=old.uid != item.uid)
-        self._insert(item)
-        self._changed()
-
-    def discard(self, namespace: str, name: str) -> None:
-        if self._remove(f"{namespace}/{name}"):
-            self._changed()
-
-    # -- internals -----------------------------------------------------------------------------------
-
-    def _recent_miss(self, ip: str) -> bool:
-        until = self._misses.get(ip)
-        if until is None:
-            return False
-        if self._clock() < until:
-            return True
-        del self._misses[ip]
-        return False
-
-    async def _look_up_live(self, ip: str) -> None:
-        task = self._lookups.get(ip)
-        if task is None:
-            # One lookup per IP however many requests miss at once; a cancelled caller does not cancel it.
-            task = asyncio.ensure_future(self._live_lookup(ip))
-            self._lookups[ip] = task
-            task.add_done_callback(lambda _t: self._lookups.pop(ip, None))
-            self.live_lookups += 1
-        try:
-            found = await asyncio.shield(task)
-        except NmiError as exc:
-            raise PodNotFound(f"No pod on this node is known with the caller's IP address ({exc.description})") from exc
-        for pod in found:
-            self.upsert(pod)
-
-    def _insert(self, pod: PodInfo) -> None:
-        self._by_key[pod.key] = pod
-        if pod.uid:
-            self._by_uid[pod.uid] = pod
-        if pod.ip and pod.owns_ip:
-            self._by_ip.setdefault(pod.ip, {})[pod.key] = pod
-            self._misses.pop(pod.ip, None)
-
-    def _remove(self, key: str, *, tombstone: bool = True) -> bool:
-        old = self._by_key.pop(key, None)
-        if old is None:
-            return False
-        if old.uid:
-            self._by_uid.pop(old.uid, None)
-            if tombstone:
-                self._tombstones[old.uid] = None
-                while len(self._tombstones) > self._tombstone_limit:
-                    self._tombstones.popitem(last=False)
-        owners = self._by_ip.get(old.ip)
-        if owners is not None:
-            owners.pop(key, None)
-            if not owners:
-                del self._by_ip[old.ip]
-        return True
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-
-def _older(incoming: str, stored: str) -> bool:
-    # resourceVersions are opaque; compare only when both are integers (as etcd's are), else trust the event.
-    if incoming.isdigit() and stored.isdigit():
-        return int(incoming) < int(stored)
-    return False
 
 
 def _namespace(item: Identity | Binding | PodIdentityException | ServiceAccount) -> str:

@@ -101,6 +101,12 @@ class PodNotFound(Unavailable):
         super().__init__(description, retry_after=retry_after)
 
 
+class CachesNotTrusted(Unavailable):
+    """nmi's watch caches are not synced yet, or stale: answering from them could be wrong (SPEC §7)."""
+
+    default_description = "nmi's view of the cluster is not up to date; retry later"
+
+
 class PodConflict(Unavailable):
     default_description = "Several live pods share the caller's IP address"
 

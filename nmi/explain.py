@@ -89,7 +89,8 @@ class Explainer:
                               "ip_owners": [p.key for p in owners]}
         report["bindings"], report["bindings_omitted"] = self._bindings(pod, request)
         if not self.state.caches_synced:
-            return _verdict(report, 503, CACHES_NOT_SYNCED, "nmi's caches are not synced yet")
+            return _verdict(report, 503, CACHES_NOT_SYNCED, "nmi's caches are not synced yet, or stale "
+                            "(chain.not_ready names the watch)")
         if not pod.live:
             return _verdict(report, 503, POD_NOT_LIVE, f"the pod is {pod.phase}{', being deleted' if pod.deleting else ''}"
                             ": its address names no caller")

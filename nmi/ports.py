@@ -38,6 +38,16 @@ class IdentityCatalog(Protocol):
         """Wait until any identity object changes (event-driven, woken by the informer). False on timeout."""
 
 
+class CacheFreshness(Protocol):
+    """Which watch caches can be trusted now (SPEC §7): see nmi.freshness for what makes one stale."""
+
+    def problems(self) -> list[str]:
+        """One line per cache not synced or stale; empty when every cache can be trusted."""
+
+    def identity_problems(self) -> list[str]:
+        """The same, for the caches identity resolution reads (every cache but the pods')."""
+
+
 class ServiceAccountDirectory(Protocol):
     def service_account(self, namespace: str, name: str) -> ServiceAccount | None:
         """From the ServiceAccount watch cache only (workload identity bridge)."""

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -26,28 +26,40 @@ log = logging.getLogger(__name__)
 
 HOST_CALLER = "127.0.0.1"
 
+def _caches_not_wired() -> list[str]:
+    return ["no watch cache wired yet"]
+
+
 @dataclass
 class DaemonState:
-    """What the probes report. Mutated only by the daemon's root tasks, on the loop."""
+    """What the probes report. Mutated only by the daemon's root tasks, on the loop.
+
+    Readiness tells the truth (SPEC §6, §7): every condition under which nmi cannot answer correctly is a reason —
+    each watch cache not synced or stale (`cache_problems`, wired to `nmi.freshness.CacheHealth.problems`), the
+    chain not in place, shutting down — and each clears when its cause does.
+    """
 
     chain_installed: bool = False
-    caches_synced: bool = False
     shutting_down: bool = False
     chain_required: bool = True
-    reasons: dict[str, str] = field(default_factory=dict)
+    cache_problems: Callable[[], list[str]] = _caches_not_wired
 
     @property
     def active(self) -> bool:
         return self.chain_installed or not self.chain_required
 
     @property
+    def caches_synced(self) -> bool:
+        """Every watch cache synced and fresh (what the token route needs to answer from the caches)."""
+        return not self.cache_problems()
+
+    @property
     def ready(self) -> bool:
-        return self.active and self.caches_synced and not self.shutting_down
+        return not self.not_ready_because()
 
     def not_ready_because(self) -> list[str]:
-        why = []
-        if not self.caches_synced:
-            why.append("caches not synced")
+        problems = self.cache_problems()
+        why = ["caches not synced or stale: " + "; ".join(problems)] if problems else []
         if not self.active:
             why.append("aad-metadata chain not in place")
         if self.shutting_down:

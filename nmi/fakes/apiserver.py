@@ -146,6 +146,7 @@ class FakeApiServer:
         self._faults.append(_Fault(count, status, path_prefix, verb))
 
     def clear_faults(self) -> None:
+        """Ends every injected fault (an outage that lasts until the test says so: `fail_next(10**6, ...)`)."""
         self._faults.clear()
 
     def count(self, resource: str, verb: str) -> int:

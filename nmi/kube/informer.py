@@ -5,6 +5,8 @@ resourceVersion with bookmarks and a server-side timeout (so the client library 
 own, which is what causes tight loops), parses the ndjson stream itself and hands every change to the
 event loop, where the store is mutated. 410 Gone → relist and replace the store in one step; other
 failures → backoff with jitter; a stream that ends normally → re-watch from the last resourceVersion.
+With a `CacheHealth`, every list success, accepted watch, failure and 410 is reported to it (see nmi.freshness
+for what makes a cache stale).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any, Callable
 from kubernetes.client.exceptions import ApiException
 
 from ..cache import Store
+from ..freshness import CacheHealth
 from .projection import object_key
-from .watchstream import Expired, WatchFailed, backoff_delay, describe_failure, json_body, ndjson_lines
+from .watchstream import (Expired, WatchFailed, backoff_delay, describe_failure, json_body, ndjson_lines,
+                          short_failure)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ class Informer:
         stop_timeout: float = 2.0,
         on_restart: RestartHook | None = None,
         on_api_error: ErrorHook | None = None,
+        health: CacheHealth | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.target = target
         self.store = store
@@ -65,6 +71,10 @@ class Informer:
         self.errors = 0
         self.on_restart = on_restart
         self.on_api_error = on_api_error
+        self.health = health
+        if health is not None:
+            health.track(target.resource)
+        self._connect_timeout = connect_timeout
         self._watch_timeout = watch_timeout_seconds
         self._list_timeout = list_timeout
         self._sleep = sleep
@@ -128,6 +138,7 @@ class Informer:
                 reason = "closed"
             except Expired:
                 rv, reason = "", "expired"
+                self._post(self._report, "expired")
             except Exception as exc:  # noqa: BLE001 - every foreign failure means: back off, retry
                 if self._stop.is_set():
                     return
@@ -139,6 +150,7 @@ class Informer:
                 self.errors += 1
                 log.warning("informer %s: %s failed (%s), retrying", self.target.resource, operation, describe_failure(exc))
                 self._post(self._hook_error, operation)
+                self._post(self._report, "failed", operation, short_failure(exc))
             if reason != "error":
                 # A server that ends (or expires) streams at once must not make us hammer it.
                 quick = not delivered and self._clock() - started < self._min_watch_seconds
@@ -152,7 +164,8 @@ class Informer:
 
     def _list(self) -> str:
         response = self.target.list_call(
-            **self._selectors(), _preload_content=False, _request_timeout=self._list_timeout
+            **self._selectors(), _preload_content=False,
+            _request_timeout=(min(self._connect_timeout, self._list_timeout), self._list_timeout)
         )
         body = json_body(response)
         items = body.get("items") or []
@@ -171,12 +184,14 @@ class Informer:
                 timeout_seconds=self._watch_timeout,
                 _preload_content=False,
                 # The read timeout only catches a dead connection; the server ends the stream first.
-                _request_timeout=(self._list_timeout, self._watch_timeout + 30),
+                # A short connect timeout: a blackholed API server turns the cache stale within seconds.
+                _request_timeout=(self._connect_timeout, self._watch_timeout + 30),
             )
         except ApiException as exc:
             if exc.status == 410:
                 raise Expired() from exc
             raise
+        self._post(self._report, "watching")  # accepted: the stream resumes from `rv`, replaying what was missed
         with self._response_lock:
             self._response = response
         delivered = False
@@ -259,7 +274,13 @@ class Informer:
         if self.synced.is_set():
             self.relists += 1
         self.synced.set()
+        if self.health is not None:
+            self.health.listed(self.target.resource)
         log.debug("informer %s: listed %d objects at %s", self.target.resource, len(items), rv)
+
+    def _report(self, what: str, *args: str) -> None:
+        if self.health is not None:
+            getattr(self.health, what)(self.target.resource, *args)
 
     def _note_rv(self, rv: str) -> None:
         self.resource_version = rv

@@ -47,3 +47,12 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def short_failure(exc: BaseException) -> str:
+    """For /readyz and 503 descriptions: the status or the failure's type, never server-supplied text."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, WatchFailed):
+        return "watch ERROR event"
+    return type(exc).__name__

@@ -45,7 +45,8 @@ class World:
                               workload_identity=workload)
         self.broker = TokenBroker(self.pods, self.catalog, self.tokens, policy=policy, wall_clock=lambda: NOW,
                                   service_accounts=self.catalog)
-        self.state = DaemonState(chain_installed=True, caches_synced=synced)
+        problems = [] if synced else ["pods watch: not synced yet"]
+        self.state = DaemonState(chain_installed=True, cache_problems=lambda: problems)
         self.explainer = Explainer(self.broker, self.pods, self.state, cached_tokens=cached_tokens)
 
     async def explain(self, aiohttp_client, **query):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from urllib.parse import urlencode
 
-import pytest
-
 from nmi.fakes.imds import Fault
 from nmi.fakes.kubeobjects import make_binding, make_identity
 
@@ -64,8 +62,6 @@ def test_api_server_down_at_start_nmi_stays_up_answers_503_and_recovers_by_itsel
         assert nmi.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="sec-cache lane (issue 11 item 6, SPEC 7): before the first sync of every "
-                                       "cache, 503 (not 400), and /readyz names the caches not synced")
 def test_slow_crd_list_at_start_gives_503_and_readyz_names_the_cache(fakes, tmp_path):
     start_fakes(fakes)
     for obj in [*base_objects(), pod("web", "127.0.0.11", "x")]:
@@ -83,8 +79,6 @@ def test_slow_crd_list_at_start_gives_503_and_readyz_names_the_cache(fakes, tmp_
         nmi.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="sec-cache lane (SPEC 7 'Stale caches are not trusted'): while the pods watch "
-                                       "cannot be re-established, a caller is confirmed by a live lookup or gets 503")
 def test_a_relabelled_pod_never_gets_its_old_identity_while_the_watch_is_broken(fakes, tmp_path):
     start_fakes(fakes)  # its own nmi: the watch stays broken for a while, its backoff must not reach other tests
     for obj in [*base_objects(), pod("web-stale", "127.0.0.91", "x")]:

@@ -34,7 +34,7 @@ async def guarded_servers(*, limits: ConnectionLimits, head_timeout: float, imds
     broker = TokenBroker(Pods(pod("app", "127.0.0.1", label="s")), catalog, Tokens(),
                          policy=BrokerPolicy(mode=MANAGED, namespaced=True))
     proxy = ImdsProxy("127.0.0.1", imds_port, timeout=5)
-    state = DaemonState(chain_required=False, caches_synced=True)
+    state = DaemonState(chain_required=False, cache_problems=lambda: [])  # every cache synced and fresh
     token_runner = web.AppRunner(token_app(broker, config=TokenServerConfig(block_instance_metadata=block_instance_metadata),
                                            state=state, proxy=proxy),
                                  access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
