@@ -6,7 +6,6 @@ nmi's token would try."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -22,9 +21,10 @@ NMI = "system:serviceaccount:kube-system:nmi"
 CLAIM = "authentication.kubernetes.io/node-name"
 
 
-@pytest.fixture(params=["managed", "standard"])
-def rendered(request, tmp_path: Path) -> list[dict]:
-    return render_kustomization(write_overlay_with_components(request.param, tmp_path, ("startup-taint",)))
+@pytest.fixture(scope="module", params=["managed", "standard"])
+def rendered(request, tmp_path_factory) -> list[dict]:
+    directory = tmp_path_factory.mktemp(request.param)
+    return render_kustomization(write_overlay_with_components(request.param, directory, ("startup-taint",)))
 
 
 @pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
@@ -109,7 +109,7 @@ def changed(old: dict, edit) -> dict:
     return new
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def policy(rendered) -> Policy:
     return Policy(find_one(rendered, "ValidatingAdmissionPolicy", "nmi-startup-taint")["spec"])
 

@@ -92,6 +92,12 @@ def test_new_pod_reusing_an_old_pods_ip_never_gets_the_old_pods_identity(nmi, fa
     fakes.put(make_pod("old", NS, "127.0.0.21", NODE, labels={"aadpodidbinding": "app"}))
     assert nmi.token(source="127.0.0.21").status == 200
     fakes.delete("Pod", NS, "old")
+    # As on a real node, the IP is reused only after the deletion: wait until nmi has seen it (the old pod's
+    # address no longer answers 200), so the race below is the one this test is about, not event delivery.
+    deadline = time.monotonic() + 5
+    while nmi.token(source="127.0.0.21").status == 200:
+        assert time.monotonic() < deadline, "nmi never saw the old pod's deletion"
+        time.sleep(0.05)
     fakes.put(make_pod("new", NS, "127.0.0.21", NODE, labels={"app": "unbound"}))
     deadline = time.monotonic() + 5
     while True:

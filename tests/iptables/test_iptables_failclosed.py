@@ -115,7 +115,9 @@ def answer(ns: Namespace) -> tuple[str, str]:
     return (json.loads(body)["server"] if code == "200" else ""), done.stderr.strip()
 
 
-@pytest.mark.parametrize("where", ["on the node (INPUT)", "beyond the node (FORWARD)"])
+# nft with IMDS on the node is also run by tests/e2e/test_fail_closed.py, with the real nmi.
+@pytest.mark.parametrize("mode, where", [("legacy", "on the node (INPUT)"), ("legacy", "beyond the node (FORWARD)"),
+                                         ("nft", "beyond the node (FORWARD)")])
 def test_a_pods_connection_is_reset_while_closed_and_never_reaches_imds(topology: Topology, start_agent, mode,
                                                                        request, where):
     node = topology.node
