@@ -24,10 +24,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
+# Third-party packages: exactly the versions and sha256 hashes of the lock files (`make lock`), nothing
+# resolved at build time. First the build tools (setuptools, wheel), then, built with those and no isolation
+# (which would fetch unpinned build tools), the runtime packages, python-iptables' sdist included. --no-deps:
+# a package missing from the lock fails `pip check` below instead of being fetched unverified.
+COPY requirements-build.lock requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements-build.lock \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation -r requirements.lock
+
+# nmi itself, from this source, built with the locked setuptools and wheel; then every requirement checked.
 COPY pyproject.toml README.md ./
 COPY nmi ./nmi
 COPY iptables ./iptables
-RUN /opt/venv/bin/pip install --no-cache-dir .
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check
 
 
 FROM ${PYTHON_IMAGE}

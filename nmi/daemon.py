@@ -59,7 +59,7 @@ class Daemon:
             await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port", limits=limits)
             await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port", limits=limits)
             token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port",
-                                       limits=limits)
+                                       limits=limits, json_errors=True)
             tasks = {name: asyncio.create_task(start(), name=name) for name, start in parts.root_tasks.items()}
             chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
@@ -98,8 +98,8 @@ class Daemon:
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int, flag: str, *,
-                  limits: ConnectionLimits) -> web.TCPSite:
-    site = GuardedSite(runner, host, port, limits=limits, reuse_address=True)
+                  limits: ConnectionLimits, json_errors: bool = False) -> web.TCPSite:
+    site = GuardedSite(runner, host, port, limits=limits, json_errors=json_errors, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:

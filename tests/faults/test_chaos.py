@@ -30,12 +30,11 @@ from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
 
 SEED = int(os.environ.get("NMI_CHAOS_SEED", "11"))
 CHAOS_SECONDS = float(os.environ.get("NMI_CHAOS_SECONDS", "10"))
-# A binding switch reaches answers within this: the watch event at once, or, after a watch fault, the informer's
-# backoff for up to three failures in a row (0.5 + 1 + 2 s, jittered) plus a slow relist (1.5 s) and slack.
-# Watch faults are spaced WATCH_FAULT_SPACING apart so a healthy watch resets the backoff in between (faults in a
-# row escalate the backoff towards 30 s, and today's cache answers from what it last saw meanwhile: SPEC §7 asks
-# for a live lookup instead, tested on its own in test_daemon_faults; once that lands this bound can shrink).
-PROPAGATION = 10.0  # observed up to 5 s on a loaded 2-core machine; the rest is margin for CI
+# A binding switch reaches answers within this: the watch event at once; while a watch is broken or relisting,
+# nmi answers 503 rather than trust the cache it last saw (SPEC 7, "Stale caches are not trusted"), so an old
+# identity can only come from the moment between the switch and its watch event. Observed: under 0.1 s.
+PROPAGATION = 2.0
+# Watch faults spaced apart so that a healthy watch resets the informer's backoff in between.
 WATCH_FAULT_SPACING = 4.0
 # Identity wait (0 in managed mode) + IMDS/Azure AD retry budget (10 s) + one attempt timeout (5 s) + slack.
 ANSWER_BOUND = 20.0
@@ -65,15 +64,20 @@ class Binding:
             allowed.add(before[-1])
         return allowed
 
-    def staleness(self, ip: str, client_id: str, start: float) -> float:
-        """How long before `start` the pod stopped being bound to `client_id` (0: still bound then)."""
+    def staleness(self, ip: str, client_id: str, start: float, end: float) -> float:
+        """How long before `start` the pod stopped being bound to `client_id` (0: bound at some moment of the
+        request, from `start` to `end`)."""
         with self.lock:
-            changes = [(when, cid) for when, cid in self.history[ip] if when <= start]
-        ended = None
-        for (when, cid), (next_when, _) in zip(changes, changes[1:] + [(None, None)]):
-            if cid == client_id:
-                ended = next_when
-        return 0.0 if ended is None else max(0.0, start - ended)
+            changes = list(self.history[ip])
+        stale = None
+        for (when, cid), (until, _) in zip(changes, changes[1:] + [(float("inf"), None)]):
+            if cid != client_id:
+                continue
+            if when <= end and until >= start:
+                return 0.0
+            if until < start:
+                stale = start - until if stale is None else min(stale, start - until)
+        return stale or 0.0
 
     def current(self, ip: str) -> str:
         with self.lock:
@@ -113,10 +117,10 @@ def check(nmi: FaultyNmi, ip: str, resource: str, bindings: Binding, tally: Tall
         body = answer.json
         allowed = bindings.allowed(ip, start, end)
         with tally.lock:
-            tally.stalest = max(tally.stalest, bindings.staleness(ip, body["client_id"], start))
+            tally.stalest = max(tally.stalest, bindings.staleness(ip, body["client_id"], start, end))
         if body["client_id"] not in allowed:
             problem = (f"{ip}: 200 for {body['client_id']} at {time.time():.3f}, bound to {sorted(allowed)} "
-                       f"({bindings.staleness(ip, body['client_id'], start):.1f}s after the switch)")
+                       f"({bindings.staleness(ip, body['client_id'], start, end):.1f}s after the switch)")
         elif body["client_id"] != SP_CLIENT_ID and token_claims(answer)["appid"] != body["client_id"]:
             problem = f"{ip}: token of another identity than its client_id"
         elif body["resource"] != resource:

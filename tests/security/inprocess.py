@@ -43,7 +43,8 @@ async def guarded_servers(*, limits: ConnectionLimits, head_timeout: float, imds
     try:
         for runner in (token_runner, probe_runner):
             await runner.setup()
-            site = GuardedSite(runner, "127.0.0.1", 0, limits=limits, head_timeout=head_timeout)
+            site = GuardedSite(runner, "127.0.0.1", 0, limits=limits, head_timeout=head_timeout,
+                               json_errors=runner is token_runner)
             await site.start()
             sites.append(site)
         yield Servers(sites[0].port, sites[1].port, token_runner, limits)

@@ -44,6 +44,7 @@ async def test_one_source_holds_at_most_64_connections_and_others_are_still_serv
         # the 76 over the cap are reset at once; 64 stay open, waiting for the rest of their heads
         await eventually(lambda: sum(task.done() for task in ended) == 140 - 64)
         assert limits.held_by(ATTACKER) == 64 and limits.refused == 140 - 64
+        assert limits.evicted == 0  # a half-sent head is never idle, so never makes room for another
         assert all(task.result() == b"" for task in ended if task.done())
 
         answer = await exchange(servers.token_port, TOKEN, source=BOUND_POD)
@@ -90,6 +91,31 @@ async def test_kept_alive_connection_waits_idle_but_the_next_head_has_the_head_t
         writer.write(b"GET /metadata/ident")
         assert await asyncio.wait_for(read_to_end(reader), 10) == b""  # closed by the head timeout
         writer.close()
+        await eventually(lambda: limits.open == 0)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return head + await reader.readexactly(length)
+
+
+async def test_at_the_cap_an_idle_kept_alive_connection_of_the_source_makes_room():
+    """A client closing and reconnecting in a burst is ahead of nmi reading its closes; its answered, idle
+    connections are closed (oldest first) to admit the new ones, instead of resetting them."""
+    limits = ConnectionLimits(per_source=4, total=1000)
+    keep_alive = TOKEN.replace(b"Connection: close", b"Connection: keep-alive")
+    async with guarded_servers(limits=limits, head_timeout=60) as servers:
+        idle = [await open_from(servers.token_port, BOUND_POD) for _ in range(4)]
+        for reader, writer in idle:
+            writer.write(keep_alive)
+            assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
+        await eventually(lambda: all(h.idle() for h in servers.token_runner.server.connections))
+        answer = await exchange(servers.token_port, TOKEN, source=BOUND_POD)
+        assert answer.status == 200 and limits.evicted == 1 and limits.refused == 0
+        assert await asyncio.wait_for(read_to_end(idle[0][0]), 10) == b""  # the oldest idle one was closed
+        for _, writer in idle:
+            writer.close()
         await eventually(lambda: limits.open == 0)
 
 
@@ -177,3 +203,29 @@ def test_the_daemon_keeps_serving_pods_and_probes_while_one_source_holds_140_hal
             sock.close()
     # back down: the daemon's own sockets (watches, upstream connections) come and go, so a little slack
     wait_for(lambda: open_fds(pid) <= baseline + 4)
+
+
+@pytest.mark.parametrize("data, status", [
+    (rawhttp.head(b"GET /metadata/versions HTTP/1.1", {b"Metadata": b"true", b"Expect": b"200-ok"}), 417),
+    (rawhttp.head(b"GET http://169.254.169.254%2F HTTP/1.1", {b"Expect": b"x"}), 417),
+    (rawhttp.head(b"OPTIONS * HTTP/1.1", {b"Metadata": b"true"}), 404),
+    (rawhttp.head(b"GET /a%0Ab HTTP/1.1", {b"Metadata": b"true"}), 404),
+])
+async def test_errors_aiohttp_raises_before_any_middleware_are_imds_json_on_the_token_port(data, status):
+    """Found by the property suite: aiohttp's router and expect handling answer text before nmi's middleware."""
+    limits = ConnectionLimits(per_source=64, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=5) as servers:
+        answer = await exchange(servers.token_port, data)
+        assert answer.status == status and answer.headers["content-type"].startswith("application/json")
+        assert set(answer.json) == {"error", "error_description"}
+
+
+async def test_expect_100_continue_still_gets_its_interim_answer():
+    limits = ConnectionLimits(per_source=64, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=5) as servers:
+        reader, writer = await open_from(servers.token_port, BOUND_POD)
+        writer.write(TOKEN.replace(b"Metadata: true", b"Metadata: true\r\nExpect: 100-continue"))
+        received = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert rawhttp.parse(received).status == 200
