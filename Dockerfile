@@ -46,9 +46,11 @@ FROM ${PYTHON_IMAGE}
 # (libxt_tcp.so, libxt_DNAT.so, ...) that only the iptables package ships. conntrack is for
 # --enable-conntrack-deletion. The extension directory has a per-architecture path; a fixed symlink
 # lets XTABLES_LIBDIR stay the same on every architecture (python-iptables otherwise asks ldconfig).
+# tzdata: the IANA zones of time-boxed bindings (zoneinfo reads /usr/share/zoneinfo; without it every
+# aadpodidentity.k8s.io/active-windows annotation, even one in UTC, would be refused as malformed).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables libxtables12 libip4tc2 conntrack \
+    && apt-get install -y --no-install-recommends iptables libxtables12 libip4tc2 conntrack tzdata \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s /usr/lib/*-linux-gnu/xtables /usr/lib/xtables \
     && test -f /usr/lib/xtables/libxt_tcp.so

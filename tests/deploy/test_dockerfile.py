@@ -16,7 +16,7 @@ from .conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-RUNTIME_PACKAGES = {"iptables", "libxtables12", "libip4tc2", "conntrack"}
+RUNTIME_PACKAGES = {"iptables", "libxtables12", "libip4tc2", "conntrack", "tzdata"}
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|[a-z0-9.+-]+-dev)\b")
 
 

@@ -21,7 +21,8 @@ T = TypeVar("T")
 DOCUMENTED_ERRORS = {400, 403, 404, 429, 500, 503}
 NEEDS_RETRY_AFTER = {429, 503}
 REPORT: list[str] = []  # lines for the terminal summary (conftest.py): the chaos test's counts by status
-RECOVERY = 40.0  # informer backoff is capped at 30 s (+ jitter down): a bound on recovering by itself
+RECOVERY = 60.0  # informer backoff is capped at 30 s (+ jitter down), plus a relist on a loaded machine: a bound
+# on recovering by itself
 
 
 def eventually(predicate: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "") -> T:

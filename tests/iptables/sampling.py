@@ -35,8 +35,10 @@ def sampling(ns: Namespace, mode: str, spec: ChainSpec, *, first: str) -> Iterat
     errors: list[BaseException] = []
 
     def sample() -> None:
+        # Bounded in time, not count: a swap slowed by a loaded machine must still be sampled to its end.
+        stop_at = time.monotonic() + 180
         try:
-            while not done.is_set() and len(samples) < 2000:
+            while not done.is_set() and time.monotonic() < stop_at:
                 samples.append(serving_and_rejecting(ns, mode, spec, first=first))
         except BaseException as exc:  # reported by the test below
             errors.append(exc)
