@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
 from . import __version__, klog_flags
+from .klog_flags import parse_bool
 
 MODES = ("standard", "managed")
 
@@ -75,15 +76,6 @@ class UsageError(Exception):
 
 class VersionRequested(Exception):
     pass
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "t", "1"):
-        return True
-    if lowered in ("false", "f", "0"):
-        return False
-    raise ValueError(f"invalid boolean {text!r} (use true or false)")
 
 
 def parse_port(text: str) -> int:

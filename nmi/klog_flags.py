@@ -20,7 +20,8 @@ class FlagRefused(ValueError):
     """The flag's value asks for a feature nmi does not provide; the message names the flag."""
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """pflag's boolean spellings; the one parser for nmi's own flags (cli) and the upstream compatibility flags."""
     lowered = text.strip().lower()
     if lowered in ("true", "t", "1"):
         return True
@@ -55,17 +56,17 @@ class _Rule:
 
 
 RULES: dict[str, _Rule] = {
-    "enableProfile": _Rule(_bool, lambda on: not on, "nmi has no profiling endpoint", is_bool=True),
-    "logtostderr": _Rule(_bool, lambda on: on, NO_FILES, is_bool=True),
-    "alsologtostderr": _Rule(_bool, _always, NO_FILES, is_bool=True),
+    "enableProfile": _Rule(parse_bool, lambda on: not on, "nmi has no profiling endpoint", is_bool=True),
+    "logtostderr": _Rule(parse_bool, lambda on: on, NO_FILES, is_bool=True),
+    "alsologtostderr": _Rule(parse_bool, _always, NO_FILES, is_bool=True),
     "log_dir": _Rule(str, lambda path: path == "", NO_FILES),
     "log_file": _Rule(str, lambda path: path == "", NO_FILES),
     "log_file_max_size": _Rule(_size, _always, NO_FILES),
-    "skip_log_headers": _Rule(_bool, _always, NO_FILES, is_bool=True),
-    "one_output": _Rule(_bool, _always, NO_FILES, is_bool=True),
+    "skip_log_headers": _Rule(parse_bool, _always, NO_FILES, is_bool=True),
+    "one_output": _Rule(parse_bool, _always, NO_FILES, is_bool=True),
     "stderrthreshold": _Rule(_severity, _always, "every line already goes to stderr"),
-    "skip_headers": _Rule(_bool, _always, OWN_HEADERS, is_bool=True),
-    "add_dir_header": _Rule(_bool, _always, OWN_HEADERS, is_bool=True),
+    "skip_headers": _Rule(parse_bool, _always, OWN_HEADERS, is_bool=True),
+    "add_dir_header": _Rule(parse_bool, _always, OWN_HEADERS, is_bool=True),
     "vmodule": _Rule(str, lambda spec: spec == "", "per-file verbosity is not supported; use -v"),
     "log_backtrace_at": _Rule(str, lambda spot: spot in ("", ":0"), "stack traces at a source line are not supported"),
 }

@@ -7,7 +7,7 @@ from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 
 from nmi.demo.netns import Topology
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess, serving_fakes
 
 NODE = "e2e-node"
 NS = "e2e"
@@ -37,12 +37,8 @@ def managed_world() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fakes():
-    fakes = BackgroundFakes([A, B, C, NODE_IDENTITY])
-    fakes.start()
-    for obj in managed_world():
-        fakes.put(obj)
-    yield fakes
-    fakes.stop()
+    with serving_fakes([A, B, C, NODE_IDENTITY], managed_world()) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from nmi.demo.world import kubeconfig
 from nmi.fakes.apiserver import FakeApiServer
@@ -69,6 +70,19 @@ class Answer:
     def json(self) -> Any:
         return json.loads(self.body)
 
+
+
+@contextmanager
+def serving_fakes(identities: list[VmIdentity], objects: Iterable[dict] = ()) -> Iterator[BackgroundFakes]:
+    """Fakes running in the background, holding `objects`; stopped on exit, also when a test fails."""
+    fakes = BackgroundFakes(identities)
+    fakes.start()
+    try:
+        for obj in objects:
+            fakes.put(obj)
+        yield fakes
+    finally:
+        fakes.stop()
 
 class NmiProcess:
     def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str],

@@ -7,7 +7,7 @@ import pytest
 
 from nmi.fakes.imds import VmIdentity
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, managed_world
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess, serving_fakes
 
 BOUND_POD = "127.0.0.1"  # pod "app": bound to identities a and b
 NO_IDENTITY_POD = "127.0.0.2"  # pod "other": runs on the node, matches no binding
@@ -18,12 +18,8 @@ DAEMON_FLAGS = ["--operation-mode=managed", "--forceNamespaced", "--block-instan
 
 @pytest.fixture(scope="package")
 def fakes():
-    fakes = BackgroundFakes([A, B, C, NODE_IDENTITY, VM_IDENTITY])
-    fakes.start()
-    for obj in managed_world():
-        fakes.put(obj)
-    yield fakes
-    fakes.stop()
+    with serving_fakes([A, B, C, NODE_IDENTITY, VM_IDENTITY], managed_world()) as fakes:
+        yield fakes
 
 
 @pytest.fixture(scope="package")
