@@ -14,6 +14,7 @@ import http.client
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -126,12 +127,13 @@ def _hits_errors_misses(fakes: BenchFakes, config: BenchConfig, *, server_cpu: i
             for _ in range(config.rounds):
                 for label, server in servers:
                     port = server.service_port
-                    rounds.setdefault(f"{label}_hits", []).append(_measured(server, lambda: run_load(
-                        port, config.hit_requests, concurrency=config.concurrency, cpu=client_cpu)))
+                    rounds.setdefault(f"{label}_hits", []).append(_measured(server, partial(
+                        run_load, port, config.hit_requests, concurrency=config.concurrency, cpu=client_cpu)))
                     if label == "nmi_standard":  # the cached path in the other mode; errors do not differ
                         continue
-                    rounds.setdefault(f"{label}_errors", []).append(_measured(server, lambda: run_load(
-                        port, config.error_requests, concurrency=config.concurrency, cpu=client_cpu, metadata=False)))
+                    rounds.setdefault(f"{label}_errors", []).append(_measured(server, partial(
+                        run_load, port, config.error_requests, concurrency=config.concurrency, cpu=client_cpu,
+                        metadata=False)))
             out.update({name: _best_of(rows) for name, rows in rounds.items()})
             out["nmi_standard_exit_code"] = standard.stop()
             out["baseline_rss_after_load_mib"] = baseline.rss_mib()

@@ -52,7 +52,7 @@ def sweep(*, workdir: Path, requests: int, rounds: int, connections: tuple[int, 
 
 def render(result: dict[str, Any]) -> str:
     lines = ["connections  nmi req/s  base req/s  ratio  nmi p99 ms  base p99 ms  ratio"]
-    for nmi, base in zip(result["servers"]["nmi"], result["servers"]["baseline"]):
+    for nmi, base in zip(result["servers"]["nmi"], result["servers"]["baseline"], strict=True):
         lines.append(f"{nmi['connections']:>11}  {nmi['requests_per_second']:>9,.0f}  "
                      f"{base['requests_per_second']:>10,.0f}  "
                      f"{nmi['requests_per_second'] / base['requests_per_second']:>5.2f}  {nmi['p99_ms']:>10.2f}  "

@@ -101,6 +101,8 @@ class BenchFakes:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
             self._started = False
+            if not self._thread.is_alive():
+                self.loop.close()
 
     def __enter__(self) -> "BenchFakes":
         return self.start()

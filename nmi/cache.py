@@ -137,7 +137,7 @@ class IdentityIndex:
     def service_account(self, namespace: str, name: str) -> ServiceAccount | None:
         return self.service_account_store.get(namespace, name)
 
-    async def wait_changed(self, timeout: float) -> bool:
+    async def wait_changed(self, timeout: float) -> bool:  # noqa: ASYNC109 - the port's signature (nmi.ports)
         event = self._changed_event
         try:
             await asyncio.wait_for(event.wait(), timeout)

@@ -277,7 +277,7 @@ def load_settings(argv: Sequence[str]) -> Settings:
         return parse_args(argv)
     except VersionRequested:
         print(version_line())
-        raise SystemExit(0)
+        raise SystemExit(0) from None
     except UsageError as exc:
         print(f"nmi: error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

@@ -51,10 +51,10 @@ class Family:
     def to_metric(self) -> Metric:
         metric = Metric(self.name, self.help, self.type)
         for values, value in sorted(self.series.items()):
-            labels = dict(zip(self.labels, values))
+            labels = dict(zip(self.labels, values, strict=True))
             if isinstance(value, Histogram):
                 cumulative = 0
-                for bound, count in zip((*self.buckets, float("inf")), value.counts):
+                for bound, count in zip((*self.buckets, float("inf")), value.counts, strict=True):
                     cumulative += count
                     metric.add_sample(f"{self.name}_bucket", {**labels, "le": go_float(bound)}, cumulative)
                 metric.add_sample(f"{self.name}_sum", labels, value.total)

@@ -27,14 +27,16 @@ log = logging.getLogger(__name__)
 class ApiReader:
     """Owns the worker threads for one-shot reads. Call `close()` when done."""
 
+    timeout: float  # seconds, set by each reader: bounds the HTTP request and the caller's wait alike
+
     def __init__(self, api_client: k8s_client.ApiClient, *, workers: int = 4) -> None:
         self.core = k8s_client.CoreV1Api(api_client)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-read")
 
-    async def _call(self, fn: Callable[[], Any], *, timeout: float) -> Any:
+    async def _call(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
-        # The thread may outlive a timeout (urllib3 retries); the caller never waits longer than `timeout`.
-        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), timeout)
+        # The thread may outlive a timeout (urllib3 retries); the caller never waits longer than `self.timeout`.
+        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), self.timeout)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -66,7 +68,7 @@ class LivePodLookup(ApiReader):
             return json_body(response)
 
         try:
-            body = await self._call(fetch, timeout=self.timeout)
+            body = await self._call(fetch)
         except Exception as exc:  # noqa: BLE001 - HTTP errors, connection failures, timeouts: all transient here
             log.warning("live pod lookup for %s failed: %s", ip, type(exc).__name__)
             if self.on_api_error is not None:
@@ -94,7 +96,7 @@ class KubeSecretReader(ApiReader):
 
         where = f"Secret {namespace}/{name}"
         try:
-            body = await self._call(fetch, timeout=self.timeout)
+            body = await self._call(fetch)
         except ApiException as exc:
             if exc.status == 404:
                 raise IdentityConfigurationError(f"{where} not found") from exc

@@ -53,7 +53,7 @@ class KubeServiceAccountTokens(ApiReader):
 
         where = f"ServiceAccount {namespace}/{service_account}"
         try:
-            answer = await self._call(create, timeout=self.timeout)
+            answer = await self._call(create)
         except ApiException as exc:
             if exc.status in (401, 403, 404):
                 reason = (f"not found (or pod {namespace}/{pod_name} is gone)" if exc.status == 404

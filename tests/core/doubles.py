@@ -56,7 +56,7 @@ class Catalog:
         self.assignments = [a for a in self.assignments if a.name != assignment.name] + [assignment]
         self.changed.set()
 
-    async def wait_changed(self, timeout: float) -> bool:
+    async def wait_changed(self, timeout: float) -> bool:  # noqa: ASYNC109 - the port's signature (nmi.ports)
         self.waits += 1
         try:
             await asyncio.wait_for(self.changed.wait(), timeout)

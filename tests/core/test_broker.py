@@ -7,6 +7,7 @@ from nmi.errors import IdentityNotAssigned, IdentityNotFound, PodConflict, PodNo
 from nmi.model import PodIdentityException, TokenRequest, Workload
 
 from tests.core.doubles import Catalog, Pods, Tokens, assignment, binding, identity, pod
+from tests.eventually import eventually
 
 MANAGED_POLICY = BrokerPolicy(mode=MANAGED, namespaced=True)
 
@@ -107,10 +108,10 @@ async def test_standard_mode_answers_as_soon_as_the_informer_sees_the_identity_a
     app, pods, catalog, tokens, policy = standard_world(wait_for_created=80, wait_total=100)
     broker = TokenBroker(pods, catalog, tokens, policy=policy)
     task = asyncio.create_task(broker.for_caller("10.0.0.5", TokenRequest("r")))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: catalog.waits == 1, timeout=5, interval=0)  # waiting for a change
     assert not task.done()
     catalog.put_assignment(assignment(app, catalog.ids[0], "Created"))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: catalog.waits == 2, timeout=5, interval=0)  # woken, and waiting again
     assert not task.done()
     catalog.put_assignment(assignment(app, catalog.ids[0], "Assigned"))
     outcome = await asyncio.wait_for(task, 10)  # a poll would come after the 80 s budget's interval

@@ -13,6 +13,7 @@ from nmi.freshness import POD_CACHE, CacheHealth
 from nmi.model import PodIdentityException, TokenRequest
 
 from tests.core.doubles import Catalog, Pods, Tokens, assignment, binding, identity, pod
+from tests.eventually import eventually
 
 
 def synced(*resources: str) -> CacheHealth:
@@ -78,7 +79,7 @@ async def test_a_watch_breaking_while_a_standard_mode_request_waits_ends_the_wai
     broker = TokenBroker(Pods(app), catalog, Tokens(), policy=BrokerPolicy(mode=STANDARD, wait_for_created=80,
                                                                           wait_total=100), caches=health)
     waiting = asyncio.create_task(broker.for_caller("10.0.0.5", TokenRequest("r")))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: catalog.waits == 1, timeout=5, interval=0)  # waiting for a change
     assert not waiting.done()
     health.failed("azureidentitybindings", "watch", "ConnectionRefusedError")
     catalog.put_assignment(assignment(app, catalog.ids[0], "Assigned"))  # an event on another, healthy watch

@@ -12,14 +12,8 @@ from iptables.rules import ChainSpec
 from iptables.supervisor import supervise
 from nmi.freshness import POD_CACHE, CacheHealth
 from nmi.server import DaemonState, probe_app
+from tests.eventually import eventually
 from tests.iptables.fake_backend import FakeBackend
-
-
-async def eventually(predicate, *, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_every_not_ready_condition_is_named_in_readyz_and_clears_on_recovery(aiohttp_client):

@@ -67,3 +67,4 @@ def node(tmp_path):
         finally:
             fakes.terminate()
             fakes.wait(10)
+            fakes.stdout.close()

@@ -58,6 +58,8 @@ class BackgroundFakes:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
 
 
 @dataclass

@@ -12,6 +12,7 @@ from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.eventually import eventually
 
 A = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa")
 
@@ -76,8 +77,8 @@ def test_port_in_use_exits_1_naming_the_flag(fakes, tmp_path):
 def test_not_ready_until_caches_sync_then_ready(fakes, tmp_path):
     fakes.call(lambda: fakes.api.fail_next(4, status=500, path_prefix="/api/v1/pods"))
     nmi = NmiProcess(tmp_path, fakes, node="life-node", extra=["--operation-mode=managed", "--forceNamespaced"])
-    nmi.proc = subprocess.Popen(nmi.argv, stdout=open(nmi.log_path, "w"), stderr=subprocess.STDOUT)
-    nmi._log = open(nmi.log_path)
+    nmi._log = open(nmi.log_path, "w")  # closed by nmi.stop()
+    nmi.proc = subprocess.Popen(nmi.argv, stdout=nmi._log, stderr=subprocess.STDOUT)
     try:
         seen = set()
         deadline = time.monotonic() + 30
@@ -102,13 +103,15 @@ def test_sigterm_drains_in_flight_requests_and_turns_not_ready(fakes, tmp_path):
     nmi.start()
     try:
         fakes.call(lambda: setattr(fakes.imds, "response_delay", 1.5))
+        asked_before = fakes.call(lambda: fakes.imds.token_requests)
         result = {}
         caller = threading.Thread(target=lambda: result.update(answer=nmi.token(resource="https://slow.example/")))
         caller.start()
-        time.sleep(0.5)
+        eventually(lambda: fakes.call(lambda: fakes.imds.token_requests) > asked_before, timeout=10,
+                   what="the request in flight at IMDS")
         nmi.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        readiness = nmi.get("/readyz", port=nmi.probe_port, timeout=2)
+        readiness = eventually(lambda: (a := nmi.get("/readyz", port=nmi.probe_port, timeout=2)).status == 503 and a,
+                               timeout=5, interval=0.05, what="not ready once SIGTERM is handled")
         caller.join(10)
         assert readiness.status == 503 and "shutting down" in readiness.body
         assert result["answer"].status == 200  # the request in flight was served, not cut off

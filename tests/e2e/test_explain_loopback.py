@@ -45,3 +45,4 @@ def test_explain_answers_the_nodes_loopback_only():
         finally:
             server.terminate()
             server.wait(10)
+            server.stdout.close()

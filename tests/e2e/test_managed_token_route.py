@@ -10,6 +10,7 @@ from nmi.fakes.imds import Fault
 from nmi.fakes.kubeobjects import make_deployment, make_pod, make_replicaset
 
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, NS
+from tests.eventually import eventually
 
 REQUIRED_HEADER_BODY = '{"error":"invalid_request","error_description":"Required metadata header not specified"}'
 
@@ -94,26 +95,24 @@ def test_new_pod_reusing_an_old_pods_ip_never_gets_the_old_pods_identity(nmi, fa
     fakes.delete("Pod", NS, "old")
     # As on a real node, the IP is reused only after the deletion: wait until nmi has seen it (the old pod's
     # address no longer answers 200), so the race below is the one this test is about, not event delivery.
-    deadline = time.monotonic() + 5
-    while nmi.token(source="127.0.0.21").status == 200:
-        assert time.monotonic() < deadline, "nmi never saw the old pod's deletion"
-        time.sleep(0.05)
+    eventually(lambda: nmi.token(source="127.0.0.21").status != 200, timeout=5, interval=0.05,
+               what="nmi saw the old pod's deletion")
     fakes.put(make_pod("new", NS, "127.0.0.21", NODE, labels={"app": "unbound"}))
-    deadline = time.monotonic() + 5
-    while True:
+
+    def identity_not_found():
         answer = nmi.token(source="127.0.0.21")
         assert answer.status != 200, "the new pod got the old pod's identity"
-        if answer.status == 400 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return answer if answer.status == 400 else None
+
+    answer = eventually(identity_not_found, timeout=5, interval=0.05)
     assert answer.status == 400 and answer.json["error_description"] == "Identity not found"
 
 
 def test_two_live_pods_with_one_ip_get_503_never_a_token(nmi, fakes):
     fakes.put(make_pod("twin-1", NS, "127.0.0.22", NODE, labels={"aadpodidbinding": "app"}))
     fakes.put(make_pod("twin-2", NS, "127.0.0.22", NODE, labels={"aadpodidbinding": "app"}))
-    time.sleep(0.3)
-    answer = nmi.token(source="127.0.0.22")
+    # Until the watch delivered the second pod, one bound pod answers 200; from then on, never a token.
+    answer = eventually(lambda: (a := nmi.token(source="127.0.0.22")).status == 503 and a, timeout=10, interval=0.05)
     assert answer.status == 503 and "Retry-After" in answer.headers
 
 

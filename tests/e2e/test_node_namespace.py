@@ -5,12 +5,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from nmi.demo import world
 from nmi.demo.netns import curl_argv, netns_unavailable
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 
@@ -33,15 +33,15 @@ def start_nmi(topo, kubeconfig, kubelet, backend, log, extra=()):
             f"--kubeconfig={kubeconfig}", f"--kubelet-config={kubelet}", "--ipt-update-interval-sec=1",
             f"--iptables-backend={backend}", "--enable-conntrack-deletion", *extra]
     proc = topo.node.popen(*argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         assert proc.poll() is None, "nmi exited"
         done = topo.node.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8085/readyz",
                              check=False)
-        if done.stdout == "200":
-            return proc
-        time.sleep(0.1)
-    raise AssertionError("nmi not ready")
+        return done.stdout == "200"
+
+    eventually(ready, timeout=30, interval=0.1, what="nmi ready")
+    return proc
 
 
 TOKEN_URL = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
@@ -69,10 +69,7 @@ def test_chain_lifecycle_under_tampering_sigkill_restart_and_sigterm(node, tmp_p
         assert status == 200 and token["client_id"] == world.IDENTITIES[0].client_id
 
         topo.node.run(f"iptables-{backend}", "-w", "-t", "nat", "-D", "aad-metadata", "1")  # tamper: DNAT rule gone
-        deadline = time.monotonic() + 5
-        while chain_lines(topo.node, backend) != expected and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert chain_lines(topo.node, backend) == expected
+        eventually(lambda: chain_lines(topo.node, backend) == expected, timeout=5, interval=0.1, what="chain repaired")
         metrics = topo.node.run("curl", "-s", "http://127.0.0.1:9090/metrics").stdout
         assert "nmi_iptables_repairs_total" in metrics
 

@@ -4,7 +4,6 @@ a test CA (trusted through REQUESTS_CA_BUNDLE, as in a cluster), auxiliary tenan
 import base64
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +14,7 @@ from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod, make_se
 from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 
 from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.eventually import eventually
 
 NODE, NS = "sp-node", "sp"
 TENANT, AUX1, AUX2 = "tenant-main", "tenant-aux-1", "tenant-aux-2"
@@ -221,8 +221,9 @@ def test_attack_a_slow_pkcs12_bundle_stalls_no_other_pod_and_is_opened_once(worl
     attacker = threading.Thread(target=lambda: result.update(answer=nmi.token(source="127.0.0.57")))
     attacker.start()
     try:
-        eventually(lambda: any(r.path.endswith("/slow-cert") for r in fakes.api.requests_for("secrets")[reads_before:]),
-                   fakes)
+        eventually(lambda: fakes.call(
+            lambda: any(r.path.endswith("/slow-cert") for r in fakes.api.requests_for("secrets")[reads_before:])),
+            interval=0.01)
         # The bundle is being opened (seconds of key derivation): other pods and the probes are answered meanwhile.
         for _ in range(3):
             assert nmi.token(source="127.0.0.55", resource="https://cached.example/").status == 200
@@ -234,10 +235,3 @@ def test_attack_a_slow_pkcs12_bundle_stalls_no_other_pod_and_is_opened_once(worl
     again = nmi.token(source="127.0.0.57", resource="https://other.example/")
     assert again.status == 403 and again.json == result["answer"].json
     assert nmi.log().count("Secret sp/slow-cert: 'certificate' is not a PKCS#12 bundle") == 1  # parsed once
-
-
-def eventually(condition, fakes, *, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not fakes.call(condition):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)

@@ -13,6 +13,7 @@ from nmi.fakes.imds import VmIdentity
 from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
+from tests.eventually import eventually
 
 NODE = "stale-node"
 VICTIM = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa")
@@ -41,17 +42,6 @@ def nmi_process(fakes, tmp_path) -> NmiProcess:
     return NmiProcess(tmp_path, fakes, node=NODE, extra=["--operation-mode=managed", "--forceNamespaced"])
 
 
-def eventually(check, *, timeout: float = 30.0, every: float = 0.1):
-    """Poll `check()` until it returns something truthy; the bound only limits a failing test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(every)
-
-
 def readyz(nmi: NmiProcess) -> Answer:
     return nmi.get("/readyz", port=nmi.probe_port, timeout=5)
 
@@ -68,7 +58,7 @@ def test_attack_ip_reuse_while_the_pod_watch_fails_never_gets_the_deleted_pods_i
         fakes.call(lambda: fakes.api.fail_next(OUTAGE, **PODS_WATCH))
         fakes.call(lambda: fakes.api.fail_next(OUTAGE, **PODS_LIST))  # live lookups fail too, at first
         fakes.call(lambda: fakes.api.close_watches("pods"))
-        broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15)  # SPEC: within 15 s
+        broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15, interval=0.1)  # SPEC: within 15 s
         assert "caches not synced or stale: pods watch stale for" in broken.body
         assert "(watch failing: HTTP 500)" in broken.body
 
@@ -87,13 +77,13 @@ def test_attack_ip_reuse_while_the_pod_watch_fails_never_gets_the_deleted_pods_i
             answers.append(nmi.token(source=SHARED_IP))
             return answers[-1].status == 200
 
-        eventually(confirmed, every=0.25)  # the failed lookup is remembered for 2 s
+        eventually(confirmed, timeout=30, interval=0.25)  # the failed lookup is remembered for 2 s
         assert answers[-1].json["client_id"] == ATTACKER.client_id
         assert all(is_503_with_retry_after(a) for a in answers[:-1])
         assert "pods watch" in readyz(nmi).body  # still stale: the live answer was not taken as recovery
 
         fakes.call(fakes.api.clear_faults)  # the watch recovers, replays the deletion and the newcomer
-        eventually(lambda: readyz(nmi).status == 200)
+        eventually(lambda: readyz(nmi).status == 200, timeout=30, interval=0.1)
         assert nmi.token(source=SHARED_IP).json["client_id"] == ATTACKER.client_id
     finally:
         assert nmi.stop() == 0
@@ -106,13 +96,13 @@ def test_a_binding_removed_while_its_watch_fails_hands_out_nothing_until_the_wat
         assert nmi.token(source=SHARED_IP).status == 200  # the token is now cached in nmi, too
         fakes.call(lambda: fakes.api.fail_next(OUTAGE, status=500, path_prefix=BINDINGS, verb="watch"))
         fakes.call(lambda: fakes.api.close_watches("azureidentitybindings"))
-        broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15)
+        broken = eventually(lambda: (a := readyz(nmi)).status == 503 and a, timeout=15, interval=0.1)
         assert "azureidentitybindings watch stale for" in broken.body and "watch failing: HTTP 500" in broken.body
         fakes.delete("AzureIdentityBinding", "bank", "payments")
         answer = nmi.token(source=SHARED_IP)
         assert is_503_with_retry_after(answer), answer  # not the cached token of a binding that may be gone
         fakes.call(fakes.api.clear_faults)
-        eventually(lambda: readyz(nmi).status == 200)
+        eventually(lambda: readyz(nmi).status == 200, timeout=30, interval=0.1)
         answer = nmi.token(source=SHARED_IP)
         assert answer.status == 400 and answer.json["error_description"] == "Identity not found"
     finally:
@@ -139,7 +129,7 @@ def test_before_the_first_sync_callers_get_503_with_retry_after_never_identity_n
                 return False  # not listening yet
             return answers[-1].status == 200
 
-        eventually(served, every=0.1)
+        eventually(served, timeout=30, interval=0.1)
         assert answers[-1].json["client_id"] == VICTIM.client_id
         early = answers[:-1]
         assert early, "no request reached nmi before its caches synced"

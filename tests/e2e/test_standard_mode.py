@@ -3,6 +3,7 @@ would create. Budget: created 2 x 1 s, assigned 1 x 1 s."""
 
 import threading
 import time
+from functools import partial
 
 import pytest
 
@@ -180,7 +181,7 @@ def test_attack_forged_mic_owner_chain_gets_no_node_identity(std, source, forger
 def test_mic_check_watches_replicasets_and_deployment_mic_of_the_mic_namespace_only(std):
     fakes, nmi = std
     for resource, query in (("replicasets", {}), ("deployments", {"fieldSelector": "metadata.name=mic"})):
-        requests = fakes.call(lambda: fakes.api.requests_for(resource))
+        requests = fakes.call(partial(fakes.api.requests_for, resource))
         assert requests and all(r.path.startswith(f"/apis/apps/v1/namespaces/default/{resource}") for r in requests)
         assert all(r.query.get("fieldSelector") == query.get("fieldSelector") for r in requests)
 

@@ -3,12 +3,12 @@ the API server refused it once (RBAC missing at first), and nothing else on the 
 
 from __future__ import annotations
 
-import time
 
 from nmi.fakes.nodes import make_node
 
 from tests.e2e.conftest import NODE_IDENTITY
 from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.eventually import eventually
 
 NODE = "taint-node"
 KEY = "aadpodidentity.k8s.io/nmi-not-ready"
@@ -25,10 +25,8 @@ def test_nmi_removes_its_startup_taint_from_its_own_node_once_ready(tmp_path):
         fakes.call(lambda: fakes.api.fail_next(1, status=403, path_prefix="/api/v1/nodes/"))
         nmi = NmiProcess(tmp_path, fakes, node=NODE, extra=[f"--node-startup-taint={KEY}"])
         nmi.start()  # returns once /readyz is 200
-        deadline = time.monotonic() + 20
-        while fakes.call(lambda: fakes.api.nodes.taints(NODE)) != [OTHER] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fakes.call(lambda: fakes.api.nodes.taints(NODE)) == [OTHER]
+        eventually(lambda: fakes.call(lambda: fakes.api.nodes.taints(NODE)) == [OTHER], timeout=20, interval=0.05,
+                   what="only our taint removed")
         assert fakes.call(lambda: fakes.api.nodes.taints("other-node")) == [OURS]  # only its own Node
         patches = fakes.call(lambda: list(fakes.api.nodes.patches))
         assert [(p["node"], p["status"]) for p in patches] == [(NODE, 200)]

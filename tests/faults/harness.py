@@ -8,6 +8,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -146,6 +147,6 @@ WATCHED = ("pods", "azureidentities", "azureidentitybindings", "azurepodidentity
 def settle(nmi, fakes) -> None:
     """Wait (bounded) until every informer watches again and nmi is ready: a fault of one test must not
     bleed into the next one's timings."""
-    eventually(lambda: all(fakes.call(lambda: fakes.api.open_watches(r)) >= 1 for r in WATCHED),
+    eventually(lambda: all(fakes.call(partial(fakes.api.open_watches, r)) >= 1 for r in WATCHED),
                timeout=RECOVERY, what="every informer watching")
     nmi.wait_ready(timeout=RECOVERY)

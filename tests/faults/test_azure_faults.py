@@ -23,6 +23,7 @@ from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 from nmi.tokens import TokenService
 
 from tests.tokens.conftest import LOOPBACK_AUTHORITY, DictSecretReader
+from tests.eventually import eventually
 
 ARM = "https://management.azure.com/"
 BUDGET, ATTEMPT = 1.0, 0.4
@@ -173,10 +174,8 @@ async def test_failed_calls_leave_no_threads_tasks_or_fds_behind(aad, imds, serv
     await service.wait_idle()
     # The fakes serve on this loop too: a handler of a connection just reset may still be finishing. A leak
     # stays; a finishing handler goes within moments.
-    for _ in range(100):
-        if len(asyncio.all_tasks()) <= before[1]:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(asyncio.all_tasks()) <= before[1], timeout=5, interval=0.05,
+                     what="handlers of reset connections finished")
     after = (threading.active_count(), len(asyncio.all_tasks()), fd_count())
     # Worker threads are pooled (at most max_workers); fds are pooled connections: neither grows per failure.
     assert after[0] <= before[0] + 2 and after[0] <= before[0] + 10

@@ -70,7 +70,7 @@ class Binding:
         with self.lock:
             changes = list(self.history[ip])
         stale = None
-        for (when, cid), (until, _) in zip(changes, changes[1:] + [(float("inf"), None)]):
+        for (when, cid), (until, _) in zip(changes, changes[1:] + [(float("inf"), None)], strict=True):
             if cid != client_id:
                 continue
             if when <= end and until >= start:

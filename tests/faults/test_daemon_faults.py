@@ -9,6 +9,7 @@ IMDS JSON (Retry-After on 503). Recovery is awaited with a bound, never assumed 
 from __future__ import annotations
 
 import time
+from functools import partial
 from urllib.parse import urlencode
 
 from nmi.fakes.imds import Fault
@@ -120,7 +121,7 @@ def test_cached_tokens_survive_an_imds_outage_and_failures_leak_nothing(running,
 
     def failing_round() -> None:
         for fault in outages:
-            fakes.call(lambda: fakes.imds.fail_next(1, fault))
+            fakes.call(partial(fakes.imds.fail_next, 1, fault))
             answer = ask(nmi, UNCACHED)
             assert answer.status == (429 if fault.status == 429 else 503), answer.body
             assert_documented(answer)

@@ -7,6 +7,7 @@ import time
 
 from nmi.loop_lag import watch_loop_lag
 from nmi.metrics import Metrics
+from tests.eventually import eventually
 
 
 async def test_a_blocked_loop_shows_as_lag_and_the_gauge_is_exported():
@@ -19,12 +20,10 @@ async def test_a_blocked_loop_shows_as_lag_and_the_gauge_is_exported():
 
     task = asyncio.create_task(watch_loop_lag(report, interval=0.01, window=1000))
     try:
-        while len(samples) < 2:
-            await asyncio.sleep(0.01)
-        time.sleep(0.3)  # blocking work on the loop, as a bug would do
+        await eventually(lambda: len(samples) >= 2, timeout=10)
+        time.sleep(0.3)  # noqa: ASYNC251 - the scenario: blocking work on the loop, as a bug would do
         count = len(samples)
-        while len(samples) == count:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(samples) > count, timeout=10, interval=0.01)
     finally:
         task.cancel()
     assert samples[-1] >= 0.25  # the timer fired at least the blocked time late

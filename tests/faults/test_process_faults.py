@@ -125,3 +125,4 @@ def test_xtables_lock_held_by_another_process_delays_the_chain_never_corrupts_it
                 nmi.wait(10)
             fakes.terminate()
             fakes.wait(10)
+            fakes.stdout.close()

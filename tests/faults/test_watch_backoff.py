@@ -8,7 +8,8 @@ from nmi.kube import Informer
 from nmi.kube.watches import pods_target
 from nmi.kube.watchstream import backoff_delay
 
-from tests.kube.conftest import NODE, RecordingSleep, eventually, running
+from tests.eventually import eventually
+from tests.kube.conftest import NODE, RecordingSleep, running
 
 
 class SteppedClock:
@@ -28,12 +29,12 @@ async def test_cuts_of_healthy_watches_do_not_add_up_but_failures_in_a_row_do(ap
             await eventually(lambda: apiserver.open_watches("pods") == 1)
             clock.now += 60
             apiserver.cut_watches()
-            await eventually(lambda: len(sleep.delays) == cut)
+            await eventually(lambda cut=cut: len(sleep.delays) == cut)
         assert sleep.delays == [0.5, 0.5, 0.5]
         await eventually(lambda: apiserver.open_watches("pods") == 1)
         for _ in range(3):  # now cut at once, again and again: that is a broken path, back off more each time
             count = len(sleep.delays)
             apiserver.cut_watches()
-            await eventually(lambda: len(sleep.delays) == count + 1)
+            await eventually(lambda count=count: len(sleep.delays) == count + 1)
             await eventually(lambda: apiserver.open_watches("pods") == 1)
         assert sleep.delays[3:] == [1.0, 2.0, 4.0]  # in a row with the last cut above

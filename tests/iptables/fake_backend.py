@@ -78,6 +78,6 @@ class FakeBackend:
         return open_transaction(self.rules, spec).is_empty
 
     def _apply(self, transaction: Transaction) -> Transaction:
-        for self.rules in apply_steps(self.rules, transaction):
-            pass
+        for step in apply_steps(self.rules, transaction):
+            self.rules = step  # each intermediate state in turn, as the kernel would hold it
         return transaction

@@ -10,6 +10,7 @@ import pytest
 from iptables.errors import IptablesError, XtablesLockTimeout
 from iptables.rules import CHAIN, ActualState, ChainSpec
 from iptables.supervisor import check_and_repair, remove_chain, supervise
+from tests.eventually import eventually
 from tests.iptables.fake_backend import FakeBackend
 
 SPEC = ChainSpec("169.254.169.254", 80, "10.244.0.1", 2579)
@@ -119,8 +120,7 @@ async def test_stop_during_a_pause_ends_the_pause(backend, stop):
 
     task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=lambda ok: None, stop=stop,
                                          sleep=sleep_forever))
-    while not backend.installed(SPEC):
-        await asyncio.sleep(0.01)
+    await eventually(lambda: backend.installed(SPEC), timeout=5, interval=0.01)
     stop.set()
     await asyncio.wait_for(task, timeout=5)
     assert not backend.state.has_chain(CHAIN)
@@ -158,8 +158,7 @@ async def test_a_bug_ends_the_supervisor_and_leaves_the_chain_in_place(backend, 
 async def test_cancelling_the_supervisor_leaves_the_chain_in_place(backend, stop):
     states: list[bool] = []
     task = asyncio.create_task(supervise(backend, SPEC, interval=60, on_state=states.append, stop=stop))
-    while not backend.installed(SPEC):
-        await asyncio.sleep(0.01)
+    await eventually(lambda: backend.installed(SPEC), timeout=5, interval=0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import pytest
 
@@ -30,15 +30,6 @@ class RecordingSleep:
 @pytest.fixture
 def recording_sleep() -> RecordingSleep:
     return RecordingSleep()
-
-
-async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
-    """Wait until `predicate()` holds; the timeout only bounds a failing test, it never decides a pass."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

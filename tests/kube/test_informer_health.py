@@ -9,7 +9,9 @@ from nmi.fakes.apiserver import make_pod
 from nmi.freshness import FRESH, NOT_SYNCED, POD_CACHE, STALE, CacheHealth
 from nmi.kube import Informer, pods_target
 
-from .conftest import NODE, eventually, running
+from tests.eventually import eventually
+
+from .conftest import NODE, running
 
 
 class RecordingHealth(CacheHealth):

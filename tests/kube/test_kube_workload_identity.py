@@ -16,7 +16,9 @@ from nmi.kube import Informer, KubeServiceAccountTokens, node_informers, service
 from nmi.kube.projection import project_service_account
 from nmi.model import ServiceAccount
 
-from .conftest import NODE, eventually, running
+from tests.eventually import eventually
+
+from .conftest import NODE, running
 
 
 def test_service_account_projection_reads_the_workload_identity_annotations():

@@ -13,6 +13,8 @@ from nmi.freshness import FRESH, NOT_SYNCED, POD_CACHE, STALE, CacheHealth
 from nmi.live_lookups import LookupGate, LookupLimits, NegativeCache, TokenBucket
 from nmi.model import PodInfo
 
+from tests.eventually import eventually
+
 from .test_kube_cache import ScriptedLookup, pod
 
 
@@ -22,15 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def until(predicate, *, steps: int = 1000) -> None:
-    """Let the loop run until `predicate()` holds (bounded in loop iterations, not time)."""
-    for _ in range(steps):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 def synced_health(clock: Clock | None = None) -> CacheHealth:
@@ -160,7 +153,7 @@ async def test_a_live_lookup_landing_after_a_relist_never_reinserts_the_deleted_
     lookup.gate = asyncio.Event()
     index = PodIndex(lookup)
     waiting = asyncio.create_task(index.pod_for_ip("10.244.0.5"))
-    await until(lambda: lookup.calls == ["10.244.0.5"])  # the lookup is in flight
+    await eventually(lambda: lookup.calls == ["10.244.0.5"], timeout=5, interval=0)  # the lookup is in flight
     index.replace([pod("bystander", "10.244.0.9", rv="30")])  # 410 → relist at a newer state, `gone` absent
     lookup.gate.set()
     with pytest.raises(PodNotFound):
@@ -174,7 +167,7 @@ async def test_a_live_lookup_without_a_relist_meanwhile_is_still_kept():
     lookup.gate = asyncio.Event()
     index = PodIndex(lookup)
     waiting = asyncio.create_task(index.pod_for_ip("10.244.0.5"))
-    await until(lambda: lookup.calls == ["10.244.0.5"])
+    await eventually(lambda: lookup.calls == ["10.244.0.5"], timeout=5, interval=0)
     index.upsert(pod("bystander", "10.244.0.9", rv="30"))  # a watch event is no relist
     lookup.gate.set()
     assert (await waiting).name == "new"

@@ -10,6 +10,7 @@ import pytest
 
 from nmi.audit import AuditRecorder, EventsForbidden, EventWriteFailed
 from nmi.metrics import Metrics
+from tests.eventually import eventually
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -192,8 +193,7 @@ async def test_run_keeps_going_idle_after_being_disabled():
         audit.record("default", "bind", "default", "a", "id", "https://vault.azure.net")
         for _ in range(3):
             ticks.put_nowait(None)
-            while not ticks.empty():
-                await asyncio.sleep(0)
+            await eventually(ticks.empty, timeout=5, interval=0)  # the recorder took the tick
         assert not audit.enabled and not task.done() and writer.calls == 1
     finally:
         task.cancel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -58,20 +58,11 @@ async def open_from(port: int, source: str) -> tuple[asyncio.StreamReader, async
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 
 
-async def exchange(port: int, data: bytes, *, source: str = "127.0.0.1", timeout: float = 10) -> rawhttp.RawAnswer:
-    """Send raw bytes (asking the server to close), read the answer to the end."""
+async def exchange(port: int, data: bytes, *, source: str = "127.0.0.1") -> rawhttp.RawAnswer:
+    """Send raw bytes (asking the server to close), read the answer to the end (bounded: 10 s)."""
     reader, writer = await open_from(port, source)
     try:
         writer.write(data)
-        return rawhttp.parse(await asyncio.wait_for(reader.read(), timeout))
+        return rawhttp.parse(await asyncio.wait_for(reader.read(), 10))
     finally:
         writer.close()
-
-
-async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
-    """Wait until `predicate()` holds; the timeout only bounds a failing test, it never decides a pass."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)

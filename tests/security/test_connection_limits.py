@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 
 import pytest
 
 from nmi.listen import ConnectionLimits, total_connections_for
 from tests.security import rawhttp
 from tests.security.conftest import BOUND_POD
-from tests.security.inprocess import eventually, exchange, guarded_servers, open_from
+from tests.eventually import eventually
+from tests.security.inprocess import exchange, guarded_servers, open_from
 
 ATTACKER = "127.0.0.66"
 HALF_HEAD = b"GET /metadata/identity/oauth2/token?resource=https%3A%2F%2Fvault.azure.net HTTP/1.1\r\nMetadata: tr"
@@ -174,17 +174,10 @@ def alive(sock: socket.socket) -> bool:
         return False
 
 
-def wait_for(predicate, *, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_the_daemon_keeps_serving_pods_and_probes_while_one_source_holds_140_half_sent_heads(nmi):
     pid = nmi.proc.pid
     assert nmi.get("/healthz", port=nmi.probe_port).status == 200
-    wait_for(lambda: open_fds(pid) > 0)
+    eventually(lambda: open_fds(pid) > 0, timeout=15, interval=0.05)
     baseline = open_fds(pid)
     attack = []
     try:
@@ -192,7 +185,7 @@ def test_the_daemon_keeps_serving_pods_and_probes_while_one_source_holds_140_hal
             sock = rawhttp.connect(nmi.port, source=ATTACKER)
             sock.sendall(HALF_HEAD)
             attack.append(sock)
-        wait_for(lambda: sum(not alive(s) for s in attack) == 140 - 64)
+        eventually(lambda: sum(not alive(s) for s in attack) == 140 - 64, timeout=15, interval=0.05)
         assert open_fds(pid) <= baseline + 64 + 4
         assert nmi.token(source=BOUND_POD).status == 200
         health = nmi.get("/healthz", port=nmi.probe_port, source="127.0.0.7")
@@ -202,7 +195,7 @@ def test_the_daemon_keeps_serving_pods_and_probes_while_one_source_holds_140_hal
         for sock in attack:
             sock.close()
     # back down: the daemon's own sockets (watches, upstream connections) come and go, so a little slack
-    wait_for(lambda: open_fds(pid) <= baseline + 4)
+    eventually(lambda: open_fds(pid) <= baseline + 4, timeout=15, interval=0.05)
 
 
 @pytest.mark.parametrize("data, status", [

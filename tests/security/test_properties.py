@@ -110,6 +110,8 @@ class World:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+            if not self.thread.is_alive():
+                self.loop.close()
 
     def recorded(self) -> list[tuple[str, str]]:
         return self.run(_snapshot(self.imds.requests))

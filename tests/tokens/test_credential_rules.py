@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from nmi.credential_loader import CredentialLoader
-from nmi.errors import IdentityConfigurationError
+from nmi.errors import IdentityConfigurationError, TokenRefused
 from nmi.fakes.aad import FakeAad
 from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 from nmi.model import SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, Identity, SecretData, SecretRef
@@ -81,7 +81,7 @@ async def test_control_the_same_hostile_host_once_allowed_does_receive_the_secre
     secrets.put("attacker", "sp-secret", {"clientSecret": SECRET.encode()})
     policy = CredentialPolicy(allowed_authority_hosts=frozenset({"localhost"}))
 
-    with pytest.raises(Exception):
+    with pytest.raises(TokenRefused):  # the hostile host answers no token, but it got the secret
         await make_service(credential_policy=policy).get(sp(f"https://localhost:{hostile.port}/"), ARM)
 
     assert hostile.token_requests == 1 and hostile.client_auth == ["secret"]
