@@ -13,7 +13,7 @@ import pytest
 from nmi.assembly import StartupError, assemble
 from nmi.cli import parse_args
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 from nmi.model import SERVICE_PRINCIPAL, TokenRequest
 from nmi.readiness import DaemonState
 from tests.conftest import TOKEN

@@ -9,7 +9,7 @@ import pytest
 
 from nmi.cache import IdentityIndex
 from nmi.pod_index import PodIndex
-from nmi.fakes.apiserver import (
+from fakes.apiserver import (
     make_deployment,
     make_replicaset,
     make_assigned_identity,
