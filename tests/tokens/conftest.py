@@ -9,8 +9,8 @@ from typing import AsyncIterator, Callable, Mapping
 import pytest
 
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.imds import FakeImds, VmIdentity
+from fakes.aad import FakeAad
+from fakes.imds import FakeImds, VmIdentity
 from nmi.tokens.cache import RefreshPolicy
 from nmi.tokens.config import CacheLimits, ImdsEndpoint, Runtime, UpstreamHooks, UpstreamLimits
 from nmi.tokens.credential_policy import CredentialPolicy

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.aad import FakeAad
+from fakes.aad import FakeAad
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 from nmi.tokens.credential_policy import AZURE_AUTHORITY_HOSTS, CredentialPolicy, check_identity
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 from nmi.model import SERVICE_PRINCIPAL_CERTIFICATE, SecretData, SecretRef
 from nmi.tokens.credentials import CredentialLoader
 
@@ -58,7 +58,7 @@ async def test_a_parse_that_outlives_its_budget_is_stopped_and_cached_as_a_failu
 EXIT_WHILE_PARSING = """
 import asyncio
 from nmi.tokens.credentials import CredentialLoader, ParserProcess
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 from nmi.model import SERVICE_PRINCIPAL_CERTIFICATE, SecretData, SecretRef
 
 key = new_key("rsa")

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from nmi.errors import Throttled, TokenRefused, Unavailable
-from nmi.fakes.imds import Fault
+from fakes.imds import Fault
 from nmi.logs import scrub_text
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 from nmi.tokens.failures import safe_description
