@@ -14,7 +14,6 @@ from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
-from .credential_loader import ParserProcess
 from .broker import MANAGED, BrokerPolicy, TokenBroker
 from .cache import IdentityIndex
 from .cli import Settings
@@ -34,8 +33,10 @@ from .readiness import DaemonState
 from .root_tasks import (chain_keeper, final_audit_flush, forget_vanished_identities, log_when_synced,
                          report_window_errors)
 from .server import TokenServerConfig
-from .sp_credentials import CredentialPolicy
-from .tokens import TokenService
+from .tokens.config import ImdsEndpoint, UpstreamHooks
+from .tokens.credential_policy import CredentialPolicy
+from .tokens.credentials import ParserProcess
+from .tokens.service import TokenService
 from .window_reports import WindowErrorReporter
 from .workloads import WorkloadIndex
 
@@ -99,11 +100,11 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     if settings.workload_identity:
         minter = KubeServiceAccountTokens(api_client)
         stack.callback(minter.close)
-    tokens = TokenService(secrets, metadata_ip=settings.metadata_ip,
-                          metadata_port=settings.metadata_port,
-                          observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
-                              source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+    tokens = TokenService(secrets,
+                          imds=ImdsEndpoint(settings.metadata_ip, settings.metadata_port),
+                          hooks=UpstreamHooks(observe=lambda source, seconds, ok: metrics.upstream_finished(
+                              source, seconds=seconds, ok=ok), in_flight=metrics.upstream_in_flight),
+                          service_account_tokens=minter,
                           credential_policy=CredentialPolicy(
                               allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
                               cross_namespace_secrets=settings.allow_cross_namespace_secrets))

@@ -13,7 +13,7 @@ from .cache import IdentityIndex
 from .metrics import Metrics
 from .model import Identity
 from .readiness import DaemonState
-from .tokens import TokenService, workload_owner_key
+from .tokens.service import TokenService, workload_owner_key
 from .window_reports import WindowErrorReporter
 
 log = logging.getLogger("nmi")
