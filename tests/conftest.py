@@ -8,7 +8,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from nmi.fakes.apiserver import FakeApiServer
+from fakes.apiserver import FakeApiServer
 from nmi.kube import build_api_client
 from tests import leaks
 

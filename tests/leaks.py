@@ -16,7 +16,7 @@ THREAD_GRACE = 2.0  # seconds for threads started by the test to end before they
 
 # Threads allowed to outlive the test that started them, by name prefix or thread class, each with its reason.
 ALLOWED_THREADS: dict[str, str] = {
-    # nmi's certificate parser pool (ParserProcess, a ProcessPoolExecutor) is process-wide by design: started by
+    # nmi's certificate parser pool (nmi.tokens.credentials.ParserProcess, a ProcessPoolExecutor) is process-wide by design: started by
     # the first parse, reused after, ended by nmi's shutdown. These two threads are that pool's, from the stdlib.
     "_ExecutorManagerThread": "the parser pool's manager thread (concurrent.futures)",
     "QueueFeederThread": "the parser pool's call queue feeder (multiprocessing)",

@@ -4,7 +4,7 @@ the API server refused it once (RBAC missing at first), and nothing else on the 
 from __future__ import annotations
 
 
-from nmi.fakes.nodes import make_node
+from fakes.nodes import make_node
 
 from tests.e2e.conftest import NODE_IDENTITY
 from tests.e2e.harness import BackgroundFakes, NmiProcess

@@ -6,36 +6,22 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, TypeVar
 
-from nmi.demo.world import kubeconfig
-from nmi.fakes.ports import unused_port
+from demo.world import kubeconfig
+from fakes.ports import unused_port
 
+from tests.eventually import eventually
 from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
 
-T = TypeVar("T")
 # Answers nmi may give a pod besides 200 (SPEC §2), and which of them must carry Retry-After.
 DOCUMENTED_ERRORS = {400, 403, 404, 429, 500, 503}
 NEEDS_RETRY_AFTER = {429, 503}
 REPORT: list[str] = []  # lines for the terminal summary (conftest.py): the chaos test's counts by status
 RECOVERY = 60.0  # informer backoff is capped at 30 s (+ jitter down), plus a relist on a loaded machine: a bound
 # on recovering by itself
-
-
-def eventually(predicate: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "") -> T:
-    """Poll until `predicate()` is truthy (returned) or `timeout` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout}s: {what or predicate}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)

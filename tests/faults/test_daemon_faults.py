@@ -12,10 +12,11 @@ import time
 from functools import partial
 from urllib.parse import urlencode
 
-from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_binding, make_identity
+from fakes.imds import Fault
+from fakes.kubeobjects import make_binding, make_identity
 
-from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle,
+from tests.eventually import eventually
+from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, free_api_port, settle,
                                   start_api, start_fakes, stop_api)
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
 

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from nmi.cache import IdentityIndex, PodIndex
-from nmi.fakes.apiserver import (
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
+from fakes.apiserver import (
     make_deployment,
     make_replicaset,
     make_assigned_identity,
