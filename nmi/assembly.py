@@ -10,7 +10,7 @@ import functools
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
@@ -52,7 +52,7 @@ class Parts:
     observer: AccessObserver
     server_config: TokenServerConfig
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
-    chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    chain_task: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None
     explainer: Explainer | None = None  # /explain on the probe port
 
 

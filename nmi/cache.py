@@ -14,7 +14,16 @@ from typing import Callable, Generic, Hashable, Iterable, Protocol, TypeVar
 from .model import AssignedIdentity, Binding, Identity, PodIdentityException, ServiceAccount
 from .pod_index import LiveLookup, PodIndex  # noqa: F401 - re-exported: the pod side of the caches
 
-T = TypeVar("T")
+class Named(Protocol):
+    """What ObjectStore keys its objects by (the frozen model types: read-only attributes)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=Named)
 T_contra = TypeVar("T_contra", contravariant=True)
 
 

@@ -43,9 +43,12 @@ class PodView(Protocol):
 
 
 class StateView(Protocol):
-    chain_installed: bool
-    chain_required: bool
-    caches_synced: bool
+    @property
+    def chain_installed(self) -> bool: ...
+    @property
+    def chain_required(self) -> bool: ...
+    @property
+    def caches_synced(self) -> bool: ...
 
     @property
     def ready(self) -> bool: ...

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 import aiohttp
 from aiohttp import web
@@ -183,7 +183,7 @@ async def observed(request: web.Request, route: Route,
     started = time.perf_counter()
     outcome: Outcome | None = None
     resource = pod_key = ""
-    drain, task = request.app[DRAIN], asyncio.current_task()
+    drain, task = request.app[DRAIN], cast("asyncio.Task[Any]", asyncio.current_task())  # a handler runs in a task
     drain.in_flight.add(task)
     try:
         response, outcome, resource = await handler(request)

@@ -20,7 +20,7 @@ class WatchFailed(Exception):
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter: between half and all of min(cap, base * 2**(failures-1))."""
-    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    ceiling = min(cap, base * 2.0 ** max(0, failures - 1))
     return ceiling * (0.5 + rand() / 2)
 
 
