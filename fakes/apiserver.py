@@ -108,8 +108,10 @@ class FakeApiServer:
         self.url = f"http://{bound_host}:{bound_port}"
         return self.url
 
-    async def stop(self) -> None:
-        self.close_watches()
+    async def stop(self, *, close_watches: bool = True) -> None:
+        """Ends open watch streams cleanly (unless the caller cut them, as a dead server does) and stops listening."""
+        if close_watches:
+            self.close_watches()
         await self._site.stop()
 
     # -- test controls -------------------------------------------------------------------------------
