@@ -45,7 +45,7 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
 )
 from .nodes import FakeNodes
 from .sa_issuer import ServiceAccountIssuer, rfc3339
-from .serving import FakeSite
+from .serving import FakeSite, Served
 
 log = logging.getLogger(__name__)
 CRD_PREFIX = "/apis/aadpodidentity.k8s.io/v1"
@@ -70,7 +70,7 @@ class _Fault:
     verb: str | None
 
 
-class FakeApiServer:
+class FakeApiServer(Served):
     def __init__(self, *, bookmark_interval: float | None = 5.0, token: str | None = None,
                  expire_with_http_410: bool = False) -> None:
         self.state = ClusterState()
