@@ -4,10 +4,11 @@ the API server refused it once (RBAC missing at first), and nothing else on the 
 from __future__ import annotations
 
 
+from fakes.background import BackgroundFakes
 from fakes.nodes import make_node
 
 from tests.e2e.conftest import NODE_IDENTITY
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 from tests.eventually import eventually
 
 NODE = "taint-node"
