@@ -144,7 +144,7 @@ class FakeAad(Served):
         if self._faults:
             fault = self._faults.popleft()
             answer = await fault.play(error="temporarily_unavailable", description=f"fake AAD {fault.status}",
-                                      request=request)
+                                      request=request, pause=self._site.pause)
             if answer is not None:
                 return answer
         tenant = request.match_info["tenant"]

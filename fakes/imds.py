@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -46,10 +46,12 @@ class Fault:
     text: str | None = None
     reset: bool = False
 
-    async def play(self, *, error: str, description: str, request: web.Request | None = None) -> web.Response | None:
-        """Wait the delay, then the programmed answer (None: a delay only, answer normally)."""
+    async def play(self, *, error: str, description: str, request: web.Request | None = None,
+                   pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> web.Response | None:
+        """Wait the delay (`pause`: the fake's, cut short when it stops), then the programmed answer (None: a
+        delay only, answer normally)."""
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await pause(self.delay)
         if self.reset and request is not None and request.transport is not None:
             request.transport.abort()
             raise asyncio.CancelledError()  # aiohttp drops the handler quietly
@@ -123,7 +125,8 @@ class FakeImds(Served):
     async def _answer_token(self, request: web.Request) -> web.StreamResponse:
         if self._faults:
             fault = self._faults.popleft()
-            answer = await fault.play(error="unknown", description=f"fake IMDS fault {fault.status}", request=request)
+            answer = await fault.play(error="unknown", description=f"fake IMDS fault {fault.status}", request=request,
+                                      pause=self._site.pause)
             if answer is not None:
                 return answer
         if self.response_delay:

@@ -27,11 +27,12 @@ class FakeSite:
     def __init__(self, *, shutdown_timeout: float = 0.5) -> None:
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
-        self._handlers: set[asyncio.Task] = set()
+        # Set while stopping: a handler pausing on it (a fault's long delay) ends with the fake, not after it.
+        self.stopping = asyncio.Event()
 
     async def serve(self, app: web.Application, host: str, port: int, *,
                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
-        app.middlewares.append(self._tracked)  # innermost; the app is frozen by setup() below
+        self.stopping.clear()
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
@@ -41,21 +42,14 @@ class FakeSite:
         return bound[0], bound[1]
 
     async def stop(self) -> None:
+        self.stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        # A handler still running (a fault's long delay) outlives aiohttp's shutdown: it ends with the fake.
-        running = [task for task in self._handlers if not task.done()]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
 
-    @web.middleware
-    async def _tracked(self, request: web.Request, handler) -> web.StreamResponse:
-        task = asyncio.current_task()
-        assert task is not None  # aiohttp runs each handler in a task
-        self._handlers.add(task)
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when the fake stops meanwhile."""
         try:
-            return await handler(request)
-        finally:
-            self._handlers.discard(task)
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
