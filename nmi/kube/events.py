@@ -16,11 +16,12 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..audit import EventsForbidden, EventWriteFailed
+from .rest import KubeApi
 
 
 class KubeEventWriter:
     def __init__(self, api_client: k8s_client.ApiClient, *, request_timeout: float = 10.0) -> None:
-        self._core = k8s_client.CoreV1Api(api_client)
+        self._core = KubeApi(api_client)
         self._timeout = request_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")
 
