@@ -121,14 +121,15 @@ def test_an_unknown_argument_is_refused_never_dropped():
         api.list_pod_for_all_namespaces(_preload_content=True)
 
 
-def test_the_daemon_imports_no_generated_api_class():
-    # The point of KubeApi: CoreV1Api and friends (~250 pydantic models, ~20 MiB) stay out of the daemon.
+def test_the_daemon_imports_no_generated_api_class_and_no_yaml():
+    # The point of KubeApi: CoreV1Api and friends (~250 pydantic models, ~20 MiB) stay out of the daemon; and the
+    # slim import keeps kubernetes.utils' yaml out of the REST client.
     import subprocess
     import sys
 
     code = ("import sys; from nmi.slim_imports import import_kubernetes_without_extras as slim; slim(); "
             "import nmi.daemon, nmi.assembly, nmi.kube.watches, nmi.kube.reads, nmi.kube.events, nmi.kube.nodes, "
-            "nmi.kube.tokenrequests; "
-            "print(sorted(m for m in sys.modules if m.startswith('kubernetes.client.api.')))")
+            "nmi.kube.tokenrequests, kubernetes.client.api_client, kubernetes.client.rest; "
+            "print(sorted(m for m in sys.modules if m.startswith(('kubernetes.client.api.', 'yaml'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
