@@ -3,7 +3,7 @@
 
 demo:
 	@bash scripts/bootstrap.sh
-	@.venv/bin/python -m nmi.demo
+	@.venv/bin/python -m demo
 
 test:
 	@bash scripts/bootstrap.sh

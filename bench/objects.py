@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 CLIENT_ID = "bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb"
 

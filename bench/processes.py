@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from nmi.fakes.ports import unused_port
+from fakes.ports import unused_port
 
 from .loadgen import LoadResult
 

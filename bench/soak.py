@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from nmi.fakes.imds import Fault
+from fakes.imds import Fault
 
 from .loadgen import percentile
 from .processes import ServerProcess, free_port, http_get

@@ -13,10 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from nmi.demo.world import kubeconfig
-from nmi.fakes.apiserver import FakeApiServer
-from nmi.fakes.imds import FakeImds, VmIdentity
-from nmi.fakes.kubeobjects import make_assigned_identity, make_binding, make_identity, make_pod
+from demo.world import kubeconfig
+from fakes.apiserver import FakeApiServer
+from fakes.imds import FakeImds, VmIdentity
+from fakes.kubeobjects import make_assigned_identity, make_binding, make_identity, make_pod
 
 NODE = "bench-node"
 NAMESPACE = "bench"

@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from nmi.fakes.apiserver import FakeApiServer
+from fakes.apiserver import FakeApiServer
 from nmi.kube import build_api_client
 
 TOKEN = "test-bearer-token"

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from nmi import doctor
 from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
-from nmi.fakes.imds import FakeImds, VmIdentity
+from fakes.imds import FakeImds, VmIdentity
 from nmi.proxy import ImdsProxy
 from nmi.server import DaemonState, TokenServerConfig, token_app
 

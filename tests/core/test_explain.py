@@ -11,8 +11,8 @@ from nmi.broker import MANAGED, STANDARD, BrokerPolicy, TokenBroker
 from nmi.cache import IdentityIndex, PodIndex
 from nmi.errors import NmiError
 from nmi.explain import Explainer
-from nmi.fakes.imds import FakeImds, VmIdentity
-from nmi.fakes.kubeobjects import (make_assigned_identity, make_binding, make_exception, make_identity, make_pod,
+from fakes.imds import FakeImds, VmIdentity
+from fakes.kubeobjects import (make_assigned_identity, make_binding, make_exception, make_identity, make_pod,
                                    make_service_account)
 from nmi.kube.projection import (project_assigned_identity, project_binding, project_exception, project_identity,
                                  project_pod, project_service_account)

@@ -12,7 +12,7 @@ from typing import Any
 import celpy
 import pytest
 
-from nmi.fakes.kubeobjects import make_pod, make_service_account
+from fakes.kubeobjects import make_pod, make_service_account
 from nmi.kube import KubeServiceAccountTokens
 
 from .conftest import find_one, render_overlay, write_overlay_with_components

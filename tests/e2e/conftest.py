@@ -3,10 +3,10 @@ import sys
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 
-from nmi.demo.netns import Topology
+from demo.netns import REPO, Topology
 from tests.e2e.harness import NmiProcess, serving_fakes
 
 NODE = "e2e-node"
@@ -58,8 +58,8 @@ def node(tmp_path):
         topo.node.run("ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
         kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
         kubelet.write_text("")
-        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
-                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig),
+        fakes = topo.node.popen(sys.executable, "-m", "demo.fakes", "--pod-ips", topo.pods[0].ip,
+                                "--imds", "169.254.169.254:80", "--kubeconfig", str(kubeconfig), cwd=REPO,
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert "ready" in fakes.stdout.readline()

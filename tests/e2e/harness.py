@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from nmi.demo.world import kubeconfig
-from nmi.fakes.apiserver import FakeApiServer
-from nmi.fakes.imds import FakeImds, VmIdentity
-from nmi.fakes.ports import unused_ports
+from demo.world import kubeconfig
+from fakes.apiserver import FakeApiServer
+from fakes.imds import FakeImds, VmIdentity
+from fakes.ports import unused_ports
 
 
 class BackgroundFakes:

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from demo.netns import REPO
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.harness import BackgroundFakes, NmiProcess
 
@@ -131,7 +132,7 @@ def test_custom_user_agent_is_appended_to_the_kubernetes_client_user_agent(fakes
 
 def test_the_readme_demo_on_loopback_passes_where_namespaces_are_not_available():
     import os
-    done = subprocess.run([sys.executable, "-m", "nmi.demo"], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-m", "demo"], capture_output=True, text=True, timeout=300, cwd=REPO,
                           env={**os.environ, "NMI_DEMO_LOOPBACK": "1"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "running on loopback" in done.stdout and "all steps passed" in done.stdout

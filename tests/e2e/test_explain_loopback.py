@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nmi.demo.netns import Topology, curl_argv, netns_unavailable
+from demo.netns import Topology, curl_argv, netns_unavailable
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 

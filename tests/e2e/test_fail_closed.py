@@ -13,7 +13,7 @@ import pytest
 
 from iptables.failclosed import REJECT_CHAIN, reject_save_lines
 from iptables.rules import ChainSpec
-from nmi.demo.netns import REPO, netns_unavailable
+from demo.netns import REPO, netns_unavailable
 from tests.e2e.test_node_namespace import chain_lines, pod_token, start_nmi
 from tests.iptables.sampling import sampling
 

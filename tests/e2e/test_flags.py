@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.conftest import A, NODE_IDENTITY
 from tests.e2e.harness import BackgroundFakes, NmiProcess

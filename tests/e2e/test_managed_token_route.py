@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_deployment, make_pod, make_replicaset
+from fakes.imds import Fault
+from fakes.kubeobjects import make_deployment, make_pod, make_replicaset
 
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, NS
 

@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from nmi.demo import world
-from nmi.demo.netns import curl_argv, netns_unavailable
+from demo import world
+from demo.netns import REPO, curl_argv, netns_unavailable
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
 
 
 def test_the_readme_demo_passes_over_the_real_dnat_path():
-    done = subprocess.run([sys.executable, "-m", "nmi.demo"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "demo"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "network namespaces available" in done.stdout and "all steps passed" in done.stdout
     assert "msrestazure" in done.stdout and "azure-identity" in done.stdout

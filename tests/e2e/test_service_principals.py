@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod, make_secret
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from fakes.aad import FakeAad
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod, make_secret
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 
 from tests.e2e.harness import BackgroundFakes, NmiProcess
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
 

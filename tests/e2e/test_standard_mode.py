@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nmi.fakes.kubeobjects import (make_assigned_identity, make_binding, make_deployment, make_exception,
+from fakes.kubeobjects import (make_assigned_identity, make_binding, make_deployment, make_exception,
                                    make_identity, make_pod, make_replicaset)
 
 from tests.e2e.conftest import A, B, C, NODE_IDENTITY

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from nmi.fakes.nodes import make_node
+from fakes.nodes import make_node
 
 from tests.e2e.conftest import NODE_IDENTITY
 from tests.e2e.harness import BackgroundFakes, NmiProcess

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 from nmi.windows import DAY_NAMES
 
 from tests.e2e.conftest import A, NODE, NODE_IDENTITY
@@ -83,7 +83,7 @@ def test_nmi_explain_asks_the_running_daemon(nmi):
 
 
 def test_nmi_explain_says_when_it_cannot_reach_the_daemon(tmp_path):
-    from nmi.fakes.ports import unused_ports
+    from fakes.ports import unused_ports
 
     (port,) = unused_ports(1)
     done = subprocess.run([sys.executable, "-m", "nmi", "explain", "-n", NS, "--pod", "x", f"--http-probe-port={port}"],

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from nmi.fakes.aad import TOKEN_EXCHANGE_AUDIENCE, FakeAad
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod, make_service_account
+from fakes.aad import TOKEN_EXCHANGE_AUDIENCE, FakeAad
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod, make_service_account
 
 from tests.e2e.harness import BackgroundFakes, NmiProcess
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from nmi.demo.world import kubeconfig
-from nmi.fakes.ports import unused_port
+from demo.world import kubeconfig
+from fakes.ports import unused_port
 
 from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
 

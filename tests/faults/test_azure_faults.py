@@ -17,8 +17,8 @@ from typing import AsyncIterator
 import pytest
 
 from nmi.errors import NmiError, Throttled, Unavailable
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.imds import Fault, FakeImds, VmIdentity
+from fakes.aad import FakeAad
+from fakes.imds import Fault, FakeImds, VmIdentity
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 from nmi.tokens import TokenService
 

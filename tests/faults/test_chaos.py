@@ -21,9 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_secret
+from fakes.aad import FakeAad
+from fakes.imds import Fault
+from fakes.kubeobjects import make_binding, make_identity, make_secret
 
 from tests.faults.harness import REPORT, FaultyNmi, assert_documented, eventually, start_fakes, token_claims
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from urllib.parse import urlencode
 
-from nmi.fakes.imds import Fault
-from nmi.fakes.kubeobjects import make_binding, make_identity
+from fakes.imds import Fault
+from fakes.kubeobjects import make_binding, make_identity
 
 from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle,
                                   start_api, start_fakes, stop_api)

@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from nmi.demo import world
-from nmi.demo.netns import Topology, netns_unavailable
-from nmi.fakes.imds import Fault
+from demo import world
+from demo.netns import REPO, Topology, netns_unavailable
+from fakes.imds import Fault
 
 from tests.faults.harness import FaultyNmi, assert_documented, eventually, start_fakes
 from tests.faults.world import MANAGED_FLAGS, NODE, X, base_objects, pod
@@ -85,8 +85,8 @@ def test_xtables_lock_held_by_another_process_delays_the_chain_never_corrupts_it
     with Topology(pods=1) as topo, open(log_path, "w") as log:
         kubeconfig, kubelet = tmp_path / "kubeconfig", tmp_path / "kubelet"
         kubelet.write_text("")
-        fakes = topo.node.popen(sys.executable, "-m", "nmi.demo.fakes", "--pod-ips", topo.pods[0].ip,
-                                "--imds", "127.0.0.1:8089", "--kubeconfig", str(kubeconfig),
+        fakes = topo.node.popen(sys.executable, "-m", "demo.fakes", "--pod-ips", topo.pods[0].ip,
+                                "--imds", "127.0.0.1:8089", "--kubeconfig", str(kubeconfig), cwd=REPO,
                                 stdout=subprocess.PIPE, text=True)
         nmi = None
         try:

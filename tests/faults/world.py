@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nmi.fakes.imds import VmIdentity
-from nmi.fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 NODE = "faults-node"
 NS = "faults"

@@ -1,9 +1,9 @@
-"""iptables views of a test namespace; the namespaces themselves come from `nmi.demo.netns` (shared with the demo)."""
+"""iptables views of a test namespace; the namespaces themselves come from `demo.netns` (shared with the demo)."""
 
 from __future__ import annotations
 
 from iptables.rules import ActualState, parse_save
-from nmi.demo.netns import REPO, Namespace, Pod, Topology, curl_argv, netns_unavailable
+from demo.netns import REPO, Namespace, Pod, Topology, curl_argv, netns_unavailable
 
 __all__ = ["REPO", "Namespace", "Pod", "Topology", "curl_argv", "netns_unavailable", "nat_state", "nat_lines", "ipt"]
 

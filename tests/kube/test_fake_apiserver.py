@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from kubernetes import client as k8s_client
 
-from nmi.fakes.apiserver import make_pod
+from fakes.apiserver import make_pod
 
 from .conftest import TOKEN
 

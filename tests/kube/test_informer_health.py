@@ -5,7 +5,7 @@ timeout and is renewed, with bookmarks in between, is never stale."""
 from __future__ import annotations
 
 from nmi.cache import PodIndex
-from nmi.fakes.apiserver import make_pod
+from fakes.apiserver import make_pod
 from nmi.freshness import FRESH, NOT_SYNCED, POD_CACHE, STALE, CacheHealth
 from nmi.kube import Informer, pods_target
 
@@ -85,7 +85,7 @@ async def test_a_dropped_connection_and_a_failing_relist_are_stale_too(apiserver
 
 
 async def test_an_idle_watch_renewed_at_its_timeout_with_bookmarks_is_never_stale(api_client, recording_sleep):
-    from nmi.fakes.apiserver import FakeApiServer
+    from fakes.apiserver import FakeApiServer
     from nmi.kube import build_api_client
     from tests.conftest import TOKEN
 

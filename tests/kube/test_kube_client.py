@@ -8,7 +8,7 @@ import json
 import pytest
 from kubernetes import client as k8s_client
 
-from nmi.fakes.apiserver import make_pod
+from fakes.apiserver import make_pod
 from nmi.kube import KubeConfigError, build_api_client
 
 from .conftest import TOKEN

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from nmi.cache import IdentityIndex, PodIndex
-from nmi.fakes.apiserver import (
+from fakes.apiserver import (
     make_deployment,
     make_replicaset,
     make_assigned_identity,

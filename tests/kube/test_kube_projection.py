@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nmi.fakes.apiserver import (
+from fakes.apiserver import (
     make_assigned_identity,
     make_binding,
     make_exception,

@@ -8,7 +8,7 @@ import pytest
 
 from nmi.cache import PodIndex
 from nmi.errors import IdentityConfigurationError, PodNotFound, Unavailable
-from nmi.fakes.apiserver import make_pod, make_secret
+from fakes.apiserver import make_pod, make_secret
 from nmi.kube import Informer, KubeSecretReader, LivePodLookup, build_api_client, pods_target
 
 from .conftest import NODE, running

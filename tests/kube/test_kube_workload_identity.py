@@ -10,8 +10,8 @@ import pytest
 
 from nmi.cache import IdentityIndex, PodIndex
 from nmi.errors import IdentityConfigurationError, Unavailable
-from nmi.fakes.kubeobjects import make_pod, make_service_account
-from nmi.fakes.sa_issuer import verified_claims
+from fakes.kubeobjects import make_pod, make_service_account
+from fakes.sa_issuer import verified_claims
 from nmi.kube import Informer, KubeServiceAccountTokens, node_informers, service_accounts_target
 from nmi.kube.projection import project_service_account
 from nmi.model import ServiceAccount
@@ -103,7 +103,7 @@ async def test_forbidden_is_a_configuration_error_and_server_errors_are_transien
 
 
 def test_fake_issuer_tokens_do_not_verify_with_another_key(apiserver):
-    from nmi.fakes.sa_issuer import ServiceAccountIssuer
+    from fakes.sa_issuer import ServiceAccountIssuer
 
     token, _ = apiserver.sa_issuer.mint(namespace="n", service_account="s", service_account_uid="u",
                                         audiences=["a"], expiration_seconds=600)

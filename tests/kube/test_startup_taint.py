@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from nmi.fakes.nodes import make_node
+from fakes.nodes import make_node
 from nmi.kube.nodes import KubeNodeTaints
 from nmi.startup_taint import (TaintConflict, TaintRemovalFailed, remove_once, remove_startup_taint,
                                removal_patch)

@@ -7,7 +7,7 @@ import logging
 
 from nmi.audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
 from nmi.cache import IdentityIndex
-from nmi.fakes.kubeobjects import make_binding
+from fakes.kubeobjects import make_binding
 from nmi.kube.projection import project_binding
 from nmi.metrics import Metrics
 from nmi.window_reports import WindowErrorReporter

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nmi.fakes.imds import VmIdentity
+from fakes.imds import VmIdentity
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, managed_world
 from tests.e2e.harness import NmiProcess, serving_fakes
 

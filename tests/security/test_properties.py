@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
-from nmi.fakes.serving import FakeSite
+from fakes.serving import FakeSite
 from nmi.listen import ConnectionLimits, GuardedSite
 from nmi.proxy import ImdsProxy
 from nmi.server import DaemonState, TokenServerConfig, token_app

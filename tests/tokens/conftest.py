@@ -8,8 +8,8 @@ from typing import AsyncIterator, Callable, Mapping
 import pytest
 
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.imds import FakeImds, VmIdentity
+from fakes.aad import FakeAad
+from fakes.imds import FakeImds, VmIdentity
 from nmi.sp_credentials import CredentialPolicy
 from nmi.tokens import TokenService
 

@@ -10,8 +10,8 @@ import pytest
 
 from nmi.credential_loader import CredentialLoader
 from nmi.errors import IdentityConfigurationError
-from nmi.fakes.aad import FakeAad
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from fakes.aad import FakeAad
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 from nmi.model import SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, Identity, SecretData, SecretRef
 from nmi.sp_credentials import AZURE_AUTHORITY_HOSTS, CredentialPolicy, check_identity
 
@@ -156,7 +156,7 @@ async def test_a_parse_that_outlives_its_budget_is_stopped_and_cached_as_a_failu
 EXIT_WHILE_PARSING = """
 import asyncio
 from nmi.credential_loader import CredentialLoader, ParserProcess
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 from nmi.model import SERVICE_PRINCIPAL_CERTIFICATE, SecretData, SecretRef
 
 key = new_key("rsa")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from nmi.fakes.imds import FakeImds, VmIdentity
+from fakes.imds import FakeImds, VmIdentity
 from nmi.upstream_http import jwt_claims
 
 TOKEN = "/metadata/identity/oauth2/token"

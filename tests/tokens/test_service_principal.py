@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nmi.errors import IdentityConfigurationError, TokenRefused
-from nmi.fakes.pki import new_key, pkcs12_bundle, self_signed_certificate
+from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate
 from nmi.model import SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, Identity, SecretRef
 from nmi.upstream_http import jwt_claims
 

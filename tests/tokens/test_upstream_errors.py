@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from nmi.errors import Throttled, TokenRefused, Unavailable
-from nmi.fakes.imds import Fault
+from fakes.imds import Fault
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
 
 ARM = "https://management.azure.com/"

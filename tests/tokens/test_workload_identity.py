@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from nmi.errors import IdentityConfigurationError, TokenRefused, Unavailable
-from nmi.fakes.sa_issuer import ServiceAccountIssuer
+from fakes.sa_issuer import ServiceAccountIssuer
 from nmi.model import WORKLOAD_IDENTITY, Identity, ServiceAccountToken
 from nmi.sa_assertions import AssertionCache
 

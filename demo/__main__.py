@@ -1,4 +1,4 @@
-"""`python -m nmi.demo`: nmi's main job, end to end, on an embedded default.
+"""`python -m demo`: nmi's main job, end to end, on an embedded default.
 
 With root (network namespaces): a node namespace holding nmi, a fake API server and a fake IMDS listening on
 169.254.169.254:80, and three pod namespaces on a bridge. nmi installs the aad-metadata chain; unmodified
@@ -18,9 +18,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..fakes.ports import unused_ports
+from fakes.ports import unused_ports
 from . import world
-from .netns import Topology, netns_unavailable
+from .netns import REPO, Topology, netns_unavailable
 from .scenario import Scenario
 
 PY = sys.executable
@@ -56,8 +56,8 @@ def run_in_namespaces(tmp: Path) -> int:
         ips = [p.ip for p in topo.pods]
         kubeconfig, kubelet = tmp / "kubeconfig", tmp / "kubelet"
         kubelet.write_text("")
-        fakes = node.popen(PY, "-m", "nmi.demo.fakes", "--pod-ips", ",".join(ips), "--imds", "169.254.169.254:80",
-                           "--kubeconfig", str(kubeconfig), stdout=subprocess.PIPE, text=True)
+        fakes = node.popen(PY, "-m", "demo.fakes", "--pod-ips", ",".join(ips), "--imds", "169.254.169.254:80",
+                           "--kubeconfig", str(kubeconfig), cwd=REPO, stdout=subprocess.PIPE, text=True)
         stack.callback(_stop, fakes)
         _wait_for_line(fakes, "ready", timeout=20)
         log_path = tmp / "nmi.log"
@@ -84,9 +84,9 @@ def run_on_loopback(tmp: Path) -> int:
     kubeconfig, kubelet = tmp / "kubeconfig", tmp / "kubelet"
     kubelet.write_text("")
     with ExitStack() as stack:
-        fakes = subprocess.Popen([PY, "-m", "nmi.demo.fakes", "--pod-ips", ",".join(ips),
+        fakes = subprocess.Popen([PY, "-m", "demo.fakes", "--pod-ips", ",".join(ips),
                                   "--imds", f"127.0.0.1:{imds_port}", "--kubeconfig", str(kubeconfig)],
-                                 stdout=subprocess.PIPE, text=True)
+                                 cwd=REPO, stdout=subprocess.PIPE, text=True)
         stack.callback(_stop, fakes)
         _wait_for_line(fakes, "ready", timeout=20)
         log_path = tmp / "nmi.log"

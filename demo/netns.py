@@ -5,7 +5,7 @@
         topo.pods[0].ns.run("curl", ...)
 
 Everything is created under unique `nmi-t-<hex>-...` names and deleted on exit, also on failure: processes
-left in a namespace are killed first. Shared by the demo and the tests: `from nmi.demo.netns import Topology`.
+left in a namespace are killed first. Shared by the demo and the tests: `from demo.netns import Topology`.
 Needs root (`ip netns add`); `netns_unavailable()` says why not, for a skip.
 """
 
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[2]
+# The source tree. demo, fakes and tests are not installed (not in the wheel): processes started with
+# `python -m demo.fakes` or `-m tests...` run with it as their working directory to find them.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fakes.imds import VmIdentity
-from ..fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.imds import VmIdentity
+from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 NODE = "demo-node"
 NAMESPACE = "demo"

@@ -1,6 +1,6 @@
 """Runs the demo's fake API server and fake IMDS in one process until SIGTERM.
 
-    python -m nmi.demo.fakes --pod-ips 10.244.0.10,10.244.0.11,10.244.0.12 --imds 169.254.169.254:80 \
+    python -m demo.fakes --pod-ips 10.244.0.10,10.244.0.11,10.244.0.12 --imds 169.254.169.254:80 \
         --kubeconfig /tmp/x/kubeconfig
 
 Prints `ready` on stdout once both listen and the kubeconfig is written.
@@ -13,8 +13,8 @@ import asyncio
 import signal
 from pathlib import Path
 
-from ..fakes.apiserver import FakeApiServer
-from ..fakes.imds import FakeImds
+from fakes.apiserver import FakeApiServer
+from fakes.imds import FakeImds
 from . import world
 
 
@@ -37,7 +37,7 @@ async def serve(pod_ips: list[str], imds_host: str, imds_port: int, kubeconfig: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="nmi.demo.fakes")
+    parser = argparse.ArgumentParser(prog="demo.fakes")
     parser.add_argument("--pod-ips", required=True)
     parser.add_argument("--imds", default="127.0.0.1:0")
     parser.add_argument("--api-port", type=int, default=0)
