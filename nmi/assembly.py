@@ -14,7 +14,6 @@ from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
-from .credential_loader import ParserProcess
 from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
 from .cache import IdentityIndex, PodIndex
 from .cli import Settings
@@ -32,8 +31,10 @@ from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
 from .proxy import ImdsProxy
 from .server import AccessObserver, DaemonState, TokenServerConfig
-from .sp_credentials import CredentialPolicy
-from .tokens import TokenService, workload_owner_key
+from .tokens.config import ImdsEndpoint, UpstreamHooks
+from .tokens.credential_policy import CredentialPolicy
+from .tokens.credentials import ParserProcess
+from .tokens.service import TokenService, workload_owner_key
 from .window_reports import WindowErrorReporter
 from .workloads import WorkloadIndex
 
@@ -137,11 +138,11 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     if settings.workload_identity:
         minter = KubeServiceAccountTokens(api_client)
         stack.callback(minter.close)
-    tokens = TokenService(CountedSecretReader(secrets, metrics), metadata_ip=settings.metadata_ip,
-                          metadata_port=settings.metadata_port,
-                          observe_upstream=lambda source, seconds, ok: metrics.upstream_finished(
-                              source, seconds=seconds, ok=ok),
-                          in_flight=metrics.upstream_in_flight, service_account_tokens=minter,
+    tokens = TokenService(CountedSecretReader(secrets, metrics),
+                          imds=ImdsEndpoint(settings.metadata_ip, settings.metadata_port),
+                          hooks=UpstreamHooks(observe=lambda source, seconds, ok: metrics.upstream_finished(
+                              source, seconds=seconds, ok=ok), in_flight=metrics.upstream_in_flight),
+                          service_account_tokens=minter,
                           credential_policy=CredentialPolicy(
                               allowed_authority_hosts=frozenset(settings.allowed_authority_hosts),
                               cross_namespace_secrets=settings.allow_cross_namespace_secrets))

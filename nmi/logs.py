@@ -25,7 +25,9 @@ VERBOSITY_DEBUG = 4  # klog V(4) is where upstream NMI starts logging per-retry 
 VERBOSITY_LIBRARY_DEBUG = 6  # klog V(6) is upstream's cache-listing detail: the most verbose level
 
 _CLIENT_ID = re.compile(r"([^\t\n\f\r ]{4})[\s\S]*([^\t\n\f\r ]{4})")
-_JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]*){0,2}")
+# A JWT, or the start of one (header alone, header.payload); nmi.tokens.failures blanks these out of upstream
+# error descriptions too.
+JWT_LIKE = re.compile(r"eyJ[\w-]{4,}(?:\.[\w-]*){0,2}")
 _SCHEME_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
 _AAD_CLIENT_SECRET = re.compile(r"\b[A-Za-z0-9_\-.]{3}[0-9]Q~[A-Za-z0-9_\-.~]{30,}")
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)")
@@ -80,7 +82,7 @@ def scrub_text(text: str) -> str:
     if not any(trigger in lowered for trigger in _TRIGGERS):
         return text
     text = _PRIVATE_KEY.sub(REDACTED, text)
-    text = _JWT.sub(REDACTED, text)
+    text = JWT_LIKE.sub(REDACTED, text)
     text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _AAD_CLIENT_SECRET.sub(REDACTED, text)
     return _SECRET_ASSIGNMENT.sub(_redact_assignment, text)

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 
@@ -147,8 +144,7 @@ def _families() -> list[Family]:
 class Metrics:
     """Every metric nmi exports. One instance per process, built by the composition root."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.perf_counter, max_namespaces: int = 500) -> None:
-        self._clock = clock
+    def __init__(self, *, max_namespaces: int = 500) -> None:
         self._store = SeriesStore(_families())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self._store)
@@ -207,21 +203,6 @@ class Metrics:
             self.imds_succeeded(operation, seconds=seconds)
         else:
             self.imds_error(operation)
-
-    @contextmanager
-    def upstream_call(self, source: str) -> Iterator[None]:
-        """Around one request to IMDS (`source="imds"`) or Azure AD (`"aad"`): in-flight gauge and latency.
-        Works around an `await` as well as in a thread."""
-        labels = (self._sources(source),)
-        self._store.add("nmi_upstream_requests_in_flight", labels, 1)
-        started = self._clock()
-        outcome = "error"
-        try:
-            yield
-            outcome = "ok"
-        finally:
-            self._store.add("nmi_upstream_requests_in_flight", labels, -1)
-            self._store.observe("nmi_upstream_request_duration_seconds", (*labels, outcome), self._clock() - started)
 
     # -- Kubernetes -------------------------------------------------------------------------------------
     def kube_error(self, operation: str) -> None:

@@ -17,6 +17,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
+from .backoff import Backoff, Retries
+
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[object]]
@@ -72,22 +74,21 @@ async def remove_startup_taint(
     """Wait until `ready()`, remove the taint (retrying with backoff), report on_done(removed), then idle."""
     while not ready():
         await sleep(ready_poll)
-    delay = backoff_initial
-    attempt = 0
+    retries = Retries(Backoff(backoff_initial, backoff_max))
     while True:
-        attempt += 1
         try:
             removed = await remove_once(nodes, node=node, key=key)
         except TaintConflict:
+            delay = retries.failed()
             log.info("node %s changed while removing taint %s; reading it again in %.1fs", node, key, delay)
         except TaintRemovalFailed as exc:
+            delay = retries.failed()
             log.warning("cannot remove taint %s from node %s (attempt %d, retrying in %.1fs): %s",
-                        key, node, attempt, delay, exc)
+                        key, node, retries.failures, delay, exc)
         else:
             log.info("startup taint %s %s node %s", key, "removed from" if removed else "already absent on", node)
             if on_done is not None:
                 on_done(removed)
             break
         await sleep(delay)
-        delay = min(delay * 2, backoff_max)
     await asyncio.Event().wait()  # a root task lives as long as the daemon

@@ -1,5 +1,5 @@
 """The wire-level pieces of API calls and watches: raw JSON bodies, ndjson framing, failure descriptions and the
-retry backoff."""
+retry backoff (nmi.backoff's, with the watches' numbers)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import random
 from typing import Any, Callable, Iterator
 
 from kubernetes.client.exceptions import ApiException
+
+from ..backoff import Backoff
 
 
 class Expired(Exception):
@@ -20,8 +22,7 @@ class WatchFailed(Exception):
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter: between half and all of min(cap, base * 2**(failures-1))."""
-    ceiling = min(cap, base * 2 ** max(0, failures - 1))
-    return ceiling * (0.5 + rand() / 2)
+    return Backoff(base, cap, jitter=(0.5, 1.0)).delay(failures, rand)
 
 
 def json_body(response: Any) -> Any:

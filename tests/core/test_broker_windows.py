@@ -14,7 +14,7 @@ from nmi.broker import MANAGED, STANDARD, BrokerPolicy, TokenBroker
 from nmi.errors import AccessDenied, IdentityNotFound
 from nmi.model import AccessToken, TokenRequest
 from nmi.server import DaemonState, TokenServerConfig, token_app
-from nmi.token_cache import TokenCache
+from nmi.tokens.cache import TokenCache
 from nmi.windows import parse_windows
 
 from tests.core.doubles import Catalog, Pods, Tokens, assignment, binding, identity, pod

@@ -18,7 +18,8 @@ from nmi.kube.projection import (project_assigned_identity, project_binding, pro
                                  project_pod, project_service_account)
 from nmi.model import TokenRequest
 from nmi.server import DaemonState, probe_app
-from nmi.tokens import TokenService
+from nmi.tokens.config import ImdsEndpoint
+from nmi.tokens.service import TokenService
 
 from tests.core.doubles import Tokens
 
@@ -185,7 +186,7 @@ async def test_before_the_caches_sync_nothing_is_promised(aiohttp_client):
 async def test_the_cached_token_age_is_shown_without_fetching_one(aiohttp_client):
     imds = FakeImds([VmIdentity(CID_A, object_id="oid-a")])
     await imds.start()
-    tokens = TokenService(None, metadata_ip="127.0.0.1", metadata_port=imds.port)
+    tokens = TokenService(None, imds=ImdsEndpoint("127.0.0.1", imds.port))
     try:
         world = World(*identities(), make_pod("web", "team", "127.0.0.9", labels={"aadpodidbinding": "web"}),
                       make_binding("b-a", "team", identity="id-a", selector="web"), tokens=tokens,

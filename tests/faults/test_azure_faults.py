@@ -20,7 +20,8 @@ from nmi.errors import NmiError, Throttled, Unavailable
 from fakes.aad import FakeAad
 from fakes.imds import Fault, FakeImds, VmIdentity
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
-from nmi.tokens import TokenService
+from nmi.tokens.config import ImdsEndpoint, UpstreamLimits
+from nmi.tokens.service import TokenService
 
 from tests.tokens.conftest import LOOPBACK_AUTHORITY, DictSecretReader
 
@@ -61,8 +62,9 @@ async def aad(tmp_path, monkeypatch) -> AsyncIterator[FakeAad]:
 async def service(imds) -> AsyncIterator[TokenService]:
     secrets = DictSecretReader()
     secrets.put("faults", "sp-secret", {"clientSecret": SECRET.encode()})
-    made = TokenService(secrets, metadata_ip="127.0.0.1", metadata_port=imds.port, retry_budget=BUDGET,
-                        max_attempts=4, retry_base_delay=0.05, attempt_timeout=ATTEMPT,
+    made = TokenService(secrets, imds=ImdsEndpoint("127.0.0.1", imds.port),
+                        limits=UpstreamLimits(retry_budget=BUDGET, max_attempts=4, retry_base_delay=0.05,
+                                              attempt_timeout=ATTEMPT),
                         credential_policy=LOOPBACK_AUTHORITY)
     try:
         yield made

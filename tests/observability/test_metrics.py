@@ -175,16 +175,16 @@ def test_code_chosen_labels_are_bounded_too():
     assert ("nmi_iptables_repairs_total", {"reason": "other"}, "200") in rows
 
 
-def test_upstream_call_tracks_in_flight_calls_and_latency_by_source_and_outcome():
-    now = [0.0]
-    metrics = Metrics(clock=lambda: now[0])
-    with metrics.upstream_call("imds"):
-        now[0] += 0.25
-        assert ("nmi_upstream_requests_in_flight", {"source": "imds"}, "1") in samples(exposition(metrics))
-    with pytest.raises(RuntimeError):
-        with metrics.upstream_call("aad"):
-            now[0] += 3
-            raise RuntimeError("boom")
+def test_upstream_calls_track_in_flight_calls_and_latency_by_source_and_outcome():
+    # The hooks as the MSAL adapter calls them around each call in its worker threads (ok: it produced a result).
+    metrics = Metrics()
+    metrics.upstream_in_flight("imds", 1)
+    assert ("nmi_upstream_requests_in_flight", {"source": "imds"}, "1") in samples(exposition(metrics))
+    metrics.upstream_in_flight("imds", -1)
+    metrics.upstream_finished("imds", seconds=0.25, ok=True)
+    metrics.upstream_in_flight("aad", 1)
+    metrics.upstream_in_flight("aad", -1)
+    metrics.upstream_finished("aad", seconds=3, ok=False)
     rows = samples(exposition(metrics))
     assert ("nmi_upstream_requests_in_flight", {"source": "imds"}, "0") in rows
     assert ("nmi_upstream_requests_in_flight", {"source": "aad"}, "0") in rows
@@ -244,10 +244,10 @@ def exercised_metrics() -> Metrics:
     metrics.imds_succeeded(IMDS_SYSTEM_ASSIGNED, seconds=0.05)
     metrics.imds_error(IMDS_USER_ASSIGNED)
     metrics.kube_error(KUBE_GET_SECRET)
-    with metrics.upstream_call("imds"):
-        pass
-    with metrics.upstream_call("aad"):
-        pass
+    for source in ("imds", "aad"):
+        metrics.upstream_in_flight(source, 1)
+        metrics.upstream_in_flight(source, -1)
+        metrics.upstream_finished(source, seconds=0.01, ok=True)
     metrics.set_pods_indexed(42)
     metrics.watch_restarted("pods", "expired")
     metrics.watch_relisted("azureidentities", "expired")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import AsyncIterator, Callable, Mapping
 
 import pytest
@@ -10,8 +11,10 @@ import pytest
 from nmi.errors import IdentityConfigurationError
 from fakes.aad import FakeAad
 from fakes.imds import FakeImds, VmIdentity
-from nmi.sp_credentials import CredentialPolicy
-from nmi.tokens import TokenService
+from nmi.tokens.cache import RefreshPolicy
+from nmi.tokens.config import CacheLimits, ImdsEndpoint, Runtime, UpstreamHooks, UpstreamLimits
+from nmi.tokens.credential_policy import CredentialPolicy
+from nmi.tokens.service import TokenService
 
 START = 1_800_000_000.0
 # The fake Azure AD listens on loopback: trusted here as an operator would with --allowed-authority-hosts.
@@ -97,10 +100,17 @@ ServiceFactory = Callable[..., TokenService]
 async def make_service(clock: VirtualClock, secrets: DictSecretReader) -> AsyncIterator[ServiceFactory]:
     made: list[TokenService] = []
 
-    def make(imds: FakeImds | None = None, **overrides) -> TokenService:
-        options = dict(metadata_ip="127.0.0.1", metadata_port=imds.port if imds else 9, clock=clock,
-                       sleep=clock.sleep, retry_budget=10.0, max_attempts=4, attempt_timeout=2.0,
-                       credential_policy=LOOPBACK_AUTHORITY)
+    def make(imds: FakeImds | None = None, *, metadata_port: int | None = None, rng=None,
+             refresh_policy: RefreshPolicy | None = None, observe_upstream=None, in_flight=None,
+             **overrides) -> TokenService:
+        """The service as the tests want it; UpstreamLimits fields may be given by name (retry_budget=...)."""
+        limits = UpstreamLimits(retry_budget=10.0, max_attempts=4, attempt_timeout=2.0)
+        limit_fields = {f.name for f in dataclasses.fields(UpstreamLimits)}
+        limits = dataclasses.replace(limits, **{k: overrides.pop(k) for k in list(overrides) if k in limit_fields})
+        options = dict(imds=ImdsEndpoint("127.0.0.1", metadata_port or (imds.port if imds else 9)), limits=limits,
+                       cache=CacheLimits(refresh=refresh_policy or RefreshPolicy()),
+                       hooks=UpstreamHooks(observe=observe_upstream, in_flight=in_flight),
+                       runtime=Runtime(clock=clock, sleep=clock.sleep, rng=rng), credential_policy=LOOPBACK_AUTHORITY)
         options.update(overrides)
         service = TokenService(secrets, **options)
         made.append(service)

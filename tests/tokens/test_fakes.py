@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from fakes.imds import FakeImds, VmIdentity
-from nmi.upstream_http import jwt_claims
+from nmi.tokens.msal_http import jwt_claims
 
 TOKEN = "/metadata/identity/oauth2/token"
 

@@ -6,7 +6,7 @@ import pytest
 
 from nmi.errors import IdentityConfigurationError
 from nmi.model import Identity
-from nmi.upstream_http import jwt_claims
+from nmi.tokens.msal_http import jwt_claims
 
 ARM = "https://management.azure.com/"
 

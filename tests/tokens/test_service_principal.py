@@ -7,7 +7,7 @@ import pytest
 from nmi.errors import IdentityConfigurationError, TokenRefused
 from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate
 from nmi.model import SERVICE_PRINCIPAL, SERVICE_PRINCIPAL_CERTIFICATE, Identity, SecretRef
-from nmi.upstream_http import jwt_claims
+from nmi.tokens.msal_http import jwt_claims
 
 ARM = "https://management.azure.com/"
 SECRET = "s3cret-value~abc"

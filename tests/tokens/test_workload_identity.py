@@ -10,7 +10,7 @@ import pytest
 from nmi.errors import IdentityConfigurationError, TokenRefused, Unavailable
 from fakes.sa_issuer import ServiceAccountIssuer
 from nmi.model import WORKLOAD_IDENTITY, Identity, ServiceAccountToken
-from nmi.sa_assertions import AssertionCache
+from nmi.tokens.assertions import AssertionCache
 
 TENANT, CLIENT_ID, NS = "tenant-wi", "c11e47d0-0000-4000-8000-0000000000c1", "apps"
 
@@ -113,7 +113,7 @@ async def test_misconfiguration_is_403_naming_the_service_account(aad, minter, m
 
 
 async def test_forgetting_a_vanished_service_account_drops_its_tokens(aad, minter, make_service):
-    from nmi.tokens import workload_owner_key
+    from nmi.tokens.service import workload_owner_key
 
     federate(aad, minter, "sa-a")
     service = make_service(service_account_tokens=minter)

@@ -8,7 +8,7 @@ import pytest
 
 from nmi.errors import Unavailable
 from nmi.model import AccessToken, Identity
-from nmi.token_cache import RefreshPolicy, TokenCache
+from nmi.tokens.cache import RefreshPolicy, TokenCache
 
 ARM = "https://management.azure.com/"
 IDENTITY = Identity("default", "id-1", client_id="cid-user-1")

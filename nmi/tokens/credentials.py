@@ -1,10 +1,12 @@
-"""Service-principal credentials out of Secret data: off the event loop, and once per Secret version.
+"""Service-principal credentials (AzureIdentity types 1 and 2) out of Secret data: off the event loop, and once
+per Secret version.
 
 PKCS#12 bundles are opened in a separate process. cryptography holds the GIL for the whole key derivation
 (measured: a thread running a 1M-round parse let another Python thread run once in 0.36 s), so a worker thread
 would still stall the event loop, and a Secret with millions of KDF rounds would delay every pod's cached token
 and /healthz. Results, failures included, are kept per (Secret namespace, name, resourceVersion): a bad bundle
 costs one parse, not one per request, and concurrent requests for one version share that parse.
+Every error names the Secret at fault and never includes its content.
 """
 
 from __future__ import annotations
@@ -14,15 +16,37 @@ import hashlib
 import logging
 import multiprocessing
 import threading
-from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from typing import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Hashable, Mapping
 
-from .errors import IdentityConfigurationError
-from .model import SERVICE_PRINCIPAL, SecretRef
-from .sp_credentials import ClientCertificate, ClientSecret, client_secret_from, open_pkcs12, secret_label
+if TYPE_CHECKING:  # cryptography (~10 MiB) is imported only where a certificate is opened
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..errors import IdentityConfigurationError
+from ..model import SERVICE_PRINCIPAL, SecretRef
+from ..singleflight import Lru
 
 log = logging.getLogger(__name__)
+MAX_RSA_KEY_BITS = 8192  # signing with a bigger key takes long enough to hurt; Azure AD needs 2048
+CLIENT_SECRET_KEY = "clientSecret"
+CERTIFICATE_KEY = "certificate"
+PASSWORD_KEY = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSecret:
+    value: str = field(repr=False)
+    fingerprint: str  # identifies the material without revealing it; a change rebuilds the MSAL app
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    private_key: rsa.RSAPrivateKey = field(repr=False)
+    certificate_pem: str
+    fingerprint: str
+
+
 Credential = ClientSecret | ClientCertificate
 
 
@@ -55,8 +79,8 @@ class ParserProcess:
 class CredentialLoader:
     def __init__(self, *, parse_timeout: float = 30.0, max_entries: int = 512) -> None:
         self._parse_timeout = parse_timeout
-        self._max_entries = max_entries
-        self._results: OrderedDict[Hashable, asyncio.Future[Credential]] = OrderedDict()
+        # The parse of each Secret version, running or done (failures too): one parse per version, shared.
+        self._results: Lru[Hashable, asyncio.Future[Credential]] = Lru(max_entries)
         # One bundle at a time, so the timeout counts parse time only, never time queued behind another bundle.
         self._one_at_a_time = asyncio.Semaphore(1)
         self.parses = 0  # bundles handed to the parser process (tests, metrics)
@@ -67,11 +91,7 @@ class CredentialLoader:
         result = self._results.get(key)
         if result is None:
             result = asyncio.ensure_future(self._open(identity_type, ref, data))
-            self._results[key] = result
-            while len(self._results) > self._max_entries:
-                self._results.popitem(last=False)
-        else:
-            self._results.move_to_end(key)
+            self._results.put(key, result)
         # A caller that gives up must not cancel the parse other callers (and the cache) wait for.
         return await asyncio.shield(result)
 
@@ -122,3 +142,81 @@ def _version_of(data: Mapping[str, bytes]) -> str:
     for name in sorted(data):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data[name]).digest())
     return "sha256:" + digest.hexdigest()
+
+
+def secret_label(ref: SecretRef | None) -> str:
+    return f"Secret {ref.namespace}/{ref.name}" if ref else "Secret <none>"
+
+
+def client_secret_from(ref: SecretRef, data: Mapping[str, bytes]) -> ClientSecret:
+    """Key `clientSecret` when present, otherwise the only key (upstream took the first map key, at random)."""
+    label = secret_label(ref)
+    if CLIENT_SECRET_KEY in data:
+        raw = data[CLIENT_SECRET_KEY]
+    elif len(data) == 1:
+        raw = next(iter(data.values()))
+    elif not data:
+        raise IdentityConfigurationError(f"{label} has no data")
+    else:
+        raise IdentityConfigurationError(f"{label} has several keys and none is named {CLIENT_SECRET_KEY}")
+    try:
+        # Trailing newlines come from `--from-file`; Azure AD secrets never end in whitespace.
+        value = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise IdentityConfigurationError(f"{label}: the client secret is not UTF-8 text") from None
+    if not value:
+        raise IdentityConfigurationError(f"{label}: the client secret is empty")
+    return ClientSecret(value, fingerprint=hashlib.sha256(raw).hexdigest())
+
+
+def client_certificate_from(ref: SecretRef, data: Mapping[str, bytes]) -> ClientCertificate:
+    """PKCS#12 bundle under `certificate`, its password under `password` (either may be absent)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    label = secret_label(ref)
+    bundle = data.get(CERTIFICATE_KEY, b"")
+    password = data.get(PASSWORD_KEY, b"").rstrip(b"\r\n") or None
+    if not bundle:
+        raise IdentityConfigurationError(f"{label} has no {CERTIFICATE_KEY!r} key")
+    try:
+        key, certificate, _ = pkcs12.load_key_and_certificates(bundle, password)
+    except (ValueError, TypeError):
+        raise IdentityConfigurationError(
+            f"{label}: {CERTIFICATE_KEY!r} is not a PKCS#12 bundle that opens with {PASSWORD_KEY!r}") from None
+    if key is None or certificate is None:
+        raise IdentityConfigurationError(f"{label}: the PKCS#12 bundle must hold a private key and its certificate")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        # MSAL signs client assertions with PS256/RS256 only and Azure AD accepts only those; an EC key
+        # would fail inside MSAL with an unrelated-looking TypeError at the first token request.
+        raise IdentityConfigurationError(
+            f"{label}: the certificate key is {_key_kind(key)}; Azure AD client assertions need an RSA key")
+    if key.key_size > MAX_RSA_KEY_BITS:
+        raise IdentityConfigurationError(f"{label}: the RSA key has {key.key_size} bits, at most {MAX_RSA_KEY_BITS}")
+    if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+        raise IdentityConfigurationError(f"{label}: the private key does not belong to the certificate")
+    return ClientCertificate(
+        private_key=key,
+        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        fingerprint=hashlib.sha256(bundle + b"\0" + (password or b"")).hexdigest(),
+    )
+
+
+def open_pkcs12(ref: SecretRef, data: Mapping[str, bytes]) -> tuple[bytes, str, str]:
+    """client_certificate_from, for the parser process: (private key as unencrypted PKCS#8 DER, certificate PEM,
+    fingerprint), plain values that cross the process boundary. Raises IdentityConfigurationError."""
+    from cryptography.hazmat.primitives import serialization
+
+    opened = client_certificate_from(ref, data)
+    key_der = opened.private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption())
+    return key_der, opened.certificate_pem, opened.fingerprint
+
+
+def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "an EC key"
+    return f"a {type(key).__name__} key"

@@ -6,7 +6,7 @@ import asyncio
 import bisect
 
 from nmi.model import Identity
-from nmi.upstream_limits import SlidingWindowLimiter
+from nmi.tokens.limits import SlidingWindowLimiter
 
 IDENTITY = Identity("default", "id-1", client_id="cid-user-1")
 

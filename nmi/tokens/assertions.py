@@ -7,12 +7,11 @@ about 80 % of its life (as the kubelet rotates projected tokens), so Azure AD ne
 
 from __future__ import annotations
 
-import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .ports import ServiceAccountTokenMinter
+from ..ports import ServiceAccountTokenMinter
+from ..singleflight import Lru, SingleFlight
 
 
 @dataclass(slots=True)
@@ -28,32 +27,26 @@ class AssertionCache:
         self._minter = minter
         self._clock = clock
         self._renew_fraction = renew_fraction
-        self._max_entries = max_entries
-        self._tokens: OrderedDict[tuple[str, str], _Minted] = OrderedDict()
-        self._minting: dict[tuple[str, str], asyncio.Task[_Minted]] = {}
+        self._tokens: Lru[tuple[str, str], _Minted] = Lru(max_entries)
+        self._minting: SingleFlight[tuple[str, str], _Minted] = SingleFlight()
         self.mints = 0
 
     async def current(self, namespace: str, service_account: str, *, pod_name: str, pod_uid: str) -> str:
         """A valid token for the ServiceAccount, minted bound to this pod when none is cached or it is due."""
         key = (namespace, service_account)
-        minted = self._tokens.get(key)
+        minted = self._tokens.peek(key)
         if minted is not None and self._clock() < minted.renew_at:
-            self._tokens.move_to_end(key)
+            self._tokens.touch(key)
             return minted.token
-        task = self._minting.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._mint(key, pod_name, pod_uid))
-            self._minting[key] = task
-            task.add_done_callback(lambda _t: self._minting.pop(key, None))
-        return (await asyncio.shield(task)).token
+        return (await self._minting.join(key, lambda: self._mint(key, pod_name, pod_uid))).token
 
     def peek(self, namespace: str, service_account: str) -> str:
         """The cached token without I/O (MSAL's `client_assertion` callable runs in a worker thread)."""
-        minted = self._tokens.get((namespace, service_account))
+        minted = self._tokens.peek((namespace, service_account))
         return minted.token if minted is not None else ""
 
     def forget(self, namespace: str, service_account: str) -> None:
-        self._tokens.pop((namespace, service_account), None)
+        self._tokens.pop((namespace, service_account))
 
     async def _mint(self, key: tuple[str, str], pod_name: str, pod_uid: str) -> _Minted:
         namespace, service_account = key
@@ -63,8 +56,5 @@ class AssertionCache:
         lifetime = max(0.0, answer.expires_on - minted_at)
         entry = _Minted(answer.token, renew_at=minted_at + self._renew_fraction * lifetime,
                         expires_on=answer.expires_on)
-        self._tokens[key] = entry
-        self._tokens.move_to_end(key)
-        while len(self._tokens) > self._max_entries:
-            self._tokens.popitem(last=False)
+        self._tokens.put(key, entry)
         return entry

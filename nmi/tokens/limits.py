@@ -1,87 +1,25 @@
-"""How nmi treats its upstreams (IMDS, Azure AD): rate and concurrency limits, retries, error mapping.
+"""How nmi treats its upstreams (IMDS, Azure AD): rate and concurrency limits, and retries.
 
 Pure asyncio and policy: no HTTP library here. An upstream attempt either returns a value or raises
-`UpstreamFailure`; `RetryPolicy` decides whether to try again and turns the last failure into the
-`NmiError` the caller sees. Time is injected (`clock`, `sleep`) so the policy is tested without waiting.
+`UpstreamFailure`; `RetryPolicy` decides whether to try again (with nmi's one backoff) and turns the last
+failure into the `NmiError` the caller sees (nmi.tokens.failures). Time is injected (`clock`, `sleep`) so the
+policy is tested without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
 import random
-import re
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
-from . import errors
+from ..backoff import Backoff
+from .failures import UpstreamFailure, to_nmi_error
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-# IMDS "error handling" guidance: 404 and 410 mean IMDS is updating, 429 throttled, 5xx transient.
-IMDS_RETRY_STATUSES = frozenset({404, 408, 410, 429}) | frozenset(range(500, 600))
-# Azure AD: only throttling and server errors are worth repeating; any other 4xx is a final answer.
-AAD_RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-
-DEFAULT_RETRY_AFTER = 5
-MAX_DESCRIPTION = 400
-_JWT_LIKE = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
-_ERROR_CODE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class UpstreamFailure(Exception):
-    """One failed attempt. `status` is None for transport failures (refused, reset, timeout)."""
-
-    def __init__(self, status: int | None, error: str = "", description: str = "", *,
-                 retry_after: float | None = None) -> None:
-        super().__init__(f"upstream status {status}: {error}")
-        self.status, self.error, self.description, self.retry_after = status, error, description, retry_after
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def safe_description(text: str, *, secret: str = "") -> str:
-    """An upstream error_description fit to pass on: one line, bounded, nothing token- or secret-shaped.
-
-    Azure AD and IMDS descriptions carry no secrets, but nmi cannot prove that for every upstream, so the
-    secret in use and anything that looks like a JWT are blanked out anyway."""
-    text = " ".join(str(text).split())
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    text = _JWT_LIKE.sub("[redacted]", text)
-    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 3] + "..."
-
-
-def to_nmi_error(failure: UpstreamFailure, *, upstream: str, retry_statuses: frozenset[int]) -> errors.NmiError:
-    """The SPEC §2 table: 429 → 429, other refusals → 403, transient → 503, each with a Retry-After."""
-    retry_after = max(1, math.ceil(failure.retry_after)) if failure.retry_after is not None else DEFAULT_RETRY_AFTER
-    detail = f": {failure.description}" if failure.description else ""
-    if failure.status is None:
-        return errors.Unavailable(f"{upstream} could not be reached{detail}", retry_after=retry_after)
-    if failure.status == 429:
-        return errors.Throttled(f"{upstream} is throttling token requests{detail}", retry_after=retry_after)
-    if failure.status in retry_statuses or failure.status >= 500:
-        return errors.Unavailable(f"{upstream} answered {failure.status}{detail}", retry_after=retry_after)
-    if 400 <= failure.status < 500:
-        code = _ERROR_CODE.sub("", failure.error)[:64] or "invalid_request"
-        return errors.TokenRefused(f"{upstream} refused the token request{detail}", error=code)
-    return errors.Unavailable(f"{upstream} answered unexpected status {failure.status}", retry_after=retry_after)
 
 
 class RetryPolicy:
@@ -94,12 +32,13 @@ class RetryPolicy:
         self._budget, self._max_attempts = budget, max_attempts
         # With it, no caller waits past budget + attempt_timeout, however long an attempt queues for a slot.
         self._attempt_timeout = attempt_timeout
-        self._base, self._cap = base_delay, max_delay
+        # Jitter upwards only: IMDS asks for at least ~1 s between retries of a 5xx.
+        self._backoff = Backoff(base_delay, max_delay, jitter=(1.0, 1.5))
         self._rng = rng or random.Random()
 
     def backoff(self, attempt: int) -> float:
-        # Jitter upwards only: IMDS asks for at least ~1 s between retries of a 5xx.
-        return min(self._cap, self._base * 2**attempt) * (1.0 + 0.5 * self._rng.random())
+        """The pause after attempt number `attempt` (0 for the first) failed."""
+        return self._backoff.delay(attempt + 1, self._rng.random)
 
     async def run(self, attempt: Callable[[], Awaitable[T]], *, upstream: str, retry_statuses: frozenset[int]) -> T:
         deadline = self._clock() + self._budget

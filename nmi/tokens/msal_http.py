@@ -1,4 +1,4 @@
-"""The HTTP clients nmi hands to MSAL, what they remember of each answer, and how answers are read.
+"""The HTTP clients nmi hands to MSAL, what they remember of each answer, and how token answers are read.
 
 MSAL normalises upstream answers into dicts and drops the status code, the Retry-After header and, for
 IMDS, `expires_on`/`not_before`/`client_id`. These clients keep the last answer (per thread: MSAL runs in
@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .model import AccessToken
-from .upstream_limits import UpstreamFailure, parse_retry_after, safe_description
+from ..model import AccessToken
 
 IMDS_TOKEN_PATH = "/metadata/identity/oauth2/token"
 
@@ -117,18 +116,8 @@ class AadHttpClient:
         """The session is shared and closed by its owner."""
 
 
-def failure_from(answer: Answer | None, body: Mapping[str, Any], now: float, *, description: str = "",
-             secret: str = "") -> UpstreamFailure:
-    status = answer.status if answer else None
-    retry_after = parse_retry_after(answer.headers.get("Retry-After"), now=now) if answer else None
-    upstream_text = str(body.get("error_description") or "")
-    text = f"{description}: {upstream_text}" if description and upstream_text else description or upstream_text
-    return UpstreamFailure(status, str(body.get("error") or ""), safe_description(text, secret=secret),
-                           retry_after=retry_after)
-
-
 def access_token_from(result: Mapping[str, Any], raw: Mapping[str, Any], *, resource: str, client_id: str,
-                  now: float) -> AccessToken:
+                      now: float) -> AccessToken:
     token = str(result["access_token"])
     claims = jwt_claims(token)
     not_before = raw.get("not_before") or claims.get("nbf")

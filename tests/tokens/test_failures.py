@@ -9,7 +9,9 @@ import pytest
 
 from nmi.errors import Throttled, TokenRefused, Unavailable
 from fakes.imds import Fault
+from nmi.logs import scrub_text
 from nmi.model import SERVICE_PRINCIPAL, Identity, SecretRef
+from nmi.tokens.failures import safe_description
 
 ARM = "https://management.azure.com/"
 IDENTITY = Identity("default", "id-1", client_id="cid-user-1")
@@ -165,3 +167,15 @@ async def test_unreachable_azure_ad_is_503(aad, make_service, secrets):
 
     with pytest.raises(Unavailable):
         await make_service(max_attempts=2).get(identity, ARM)
+
+
+@pytest.mark.parametrize("shape", ["eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl",  # a whole JWT
+                                   "eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0",  # header and payload, no signature
+                                   "eyJhbGciOiJSUzI1NiJ9"])  # a header alone
+def test_attack_token_shaped_text_in_an_upstream_error_description_is_blanked(shape):
+    # A hostile or buggy upstream echoes a token (or part of one) and the client secret in its description;
+    # the same JWT pattern as the log scrubber's (nmi.logs.JWT_LIKE) blanks it before it reaches the caller.
+    text = safe_description(f"AADSTS7000215: bad assertion {shape} for secret s3cr3t~value", secret="s3cr3t~value")
+    assert "eyJ" not in text and "s3cr3t" not in text
+    assert text == "AADSTS7000215: bad assertion [redacted] for secret [redacted]"
+    assert "eyJ" not in scrub_text(f"upstream said {shape}")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Hashable
 
-from .model import AccessToken, TokenGrant
+from ..model import AccessToken, TokenGrant
+from ..singleflight import Lru, SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -49,71 +49,58 @@ class TokenCache:
     def __init__(self, *, clock: Callable[[], float], max_entries: int = 4096,
                  policy: RefreshPolicy = RefreshPolicy()) -> None:
         self._clock = clock
-        self._max_entries = max_entries
         self._policy = policy
-        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._fetching: dict[Hashable, asyncio.Task[tuple[AccessToken, ...]]] = {}
+        self._entries: Lru[Hashable, _Entry] = Lru(max_entries)
+        self._fetching: SingleFlight[Hashable, tuple[AccessToken, ...]] = SingleFlight(on_done=self._fetch_done)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def get(self, key: Hashable, fetch: Fetch, *, owner: str | None) -> TokenGrant:
-        entry = self._entries.get(key)
+        entry = self._entries.peek(key)
         now = self._clock()
         if entry is not None and entry.expires_on - now >= self._policy.unusable_within:
-            self._entries.move_to_end(key)
+            self._entries.touch(key)
             if now >= entry.refresh_at and key not in self._fetching:
                 # Push the next attempt out first, so a failing refresh is not restarted on every hit.
                 entry.refresh_at = now + self._policy.retry_refresh_after
                 self._start_fetch(key, fetch, owner)
             return entry.grant
-        task = self._fetching.get(key) or self._start_fetch(key, fetch, owner)
-        return TokenGrant(await asyncio.shield(task), cached=False)
+        return TokenGrant(await asyncio.shield(self._start_fetch(key, fetch, owner)), cached=False)
 
     def ages(self, match: Callable[[Hashable], bool]) -> list[tuple[Hashable, float, float]]:
         """(key, age, seconds left) of the cached entries whose key matches, without touching the LRU order or
         fetching anything (for `nmi explain`)."""
         now = self._clock()
         return [(key, now - entry.obtained_at, entry.expires_on - now)
-                for key, entry in list(self._entries.items()) if match(key)]
+                for key, entry in self._entries.items() if match(key)]
 
     def forget(self, keep_owners: set[str]) -> None:
         """Drop the tokens of identities that no longer exist; the node's own tokens stay."""
-        for key in [k for k, e in self._entries.items() if e.owner is not None and e.owner not in keep_owners]:
-            del self._entries[key]
+        self._entries.drop(lambda _key, entry: entry.owner is not None and entry.owner not in keep_owners)
 
     async def wait_idle(self) -> None:
         """Until no fetch is running (tests and shutdown use it to observe background refreshes)."""
-        while self._fetching:
-            await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+        await self._fetching.wait_idle()
 
     async def close(self) -> None:
-        for task in self._fetching.values():
-            task.cancel()
-        await asyncio.gather(*self._fetching.values(), return_exceptions=True)
+        await self._fetching.cancel()
         self._entries.clear()
 
     def _start_fetch(self, key: Hashable, fetch: Fetch, owner: str | None) -> asyncio.Task[tuple[AccessToken, ...]]:
-        task = asyncio.get_running_loop().create_task(self._fill(key, fetch, owner), name=f"token-fetch {owner}")
-        self._fetching[key] = task
-        task.add_done_callback(lambda t: self._fetch_done(key, t))
-        return task
+        """The fetch running for `key`, or a new one (single flight)."""
+        return self._fetching.start(key, lambda: self._fill(key, fetch, owner), name=f"token-fetch {owner}")
 
     async def _fill(self, key: Hashable, fetch: Fetch, owner: str | None) -> tuple[AccessToken, ...]:
         tokens = await fetch()
         obtained_at = self._clock()
         expires_on = float(min(t.expires_on for t in tokens))
         if expires_on - obtained_at >= self._policy.unusable_within:
-            self._entries[key] = _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on),
-                                        TokenGrant(tokens, cached=True), obtained_at)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            self._entries.put(key, _Entry(tokens, owner, expires_on, self._policy.refresh_at(obtained_at, expires_on),
+                                          TokenGrant(tokens, cached=True), obtained_at))
         return tokens
 
     def _fetch_done(self, key: Hashable, task: asyncio.Task[tuple[AccessToken, ...]]) -> None:
-        if self._fetching.get(key) is task:
-            del self._fetching[key]
         if task.cancelled():
             return
         failure = task.exception()  # always retrieved: nobody may be left awaiting a background refresh

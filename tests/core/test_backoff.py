@@ -1,0 +1,34 @@
+"""nmi's one backoff, with the numbers each user gives it: the token retries, the watches, the startup taint."""
+
+from __future__ import annotations
+
+import pytest
+
+from nmi.backoff import Backoff, Retries
+
+
+def test_delays_double_from_base_up_to_the_cap_without_jitter():
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert backoff.delay(0) == 0.5  # no failure yet counts as the first
+
+
+@pytest.mark.parametrize("rand, expected", [(0.0, 2.0), (0.5, 2.5), (0.999, 2.0 * 1.4995)])
+def test_jitter_scales_the_capped_ceiling_within_its_range(rand, expected):
+    assert Backoff(1.0, 4.0, jitter=(1.0, 1.5)).delay(2, lambda: rand) == pytest.approx(expected)
+    assert Backoff(0.5, 30.0, jitter=(0.5, 1.0)).delay(50, lambda: 1.0) == 30.0
+
+
+def test_a_jitter_free_backoff_draws_no_randomness():
+    def no_draws() -> float:
+        raise AssertionError("drew a random number")
+
+    assert Backoff(0.5, 30.0).delay(3, no_draws) == 2.0
+
+
+def test_retries_count_failures_in_a_row_and_start_again_after_a_reset():
+    retries = Retries(Backoff(0.5, 3.0))
+    assert [retries.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert retries.failures == 5
+    retries.reset()
+    assert (retries.failed(), retries.failures) == (0.5, 1)
