@@ -159,15 +159,16 @@ def _identity(raw: Any) -> Identity:
     if not isinstance(tenants, list):
         raise Malformed("spec.auxiliaryTenantIDs is not a list")
     annotations = meta.get("annotations") or {}
+    # Namespaces, tenants and authority hosts repeat across a cluster's identities: interned, one string each.
     return Identity(
-        namespace=namespace,
+        namespace=intern(namespace),
         name=_str(meta, "name", required=True),
         type=_identity_type(spec.get("type")),
         client_id=_str(spec, "clientID"),
         resource_id=_str(spec, "resourceID"),
-        tenant_id=_str(spec, "tenantID"),
-        auxiliary_tenant_ids=tuple(str(t) for t in tenants if t),
-        ad_endpoint=_str(spec, "adEndpoint"),
+        tenant_id=intern(_str(spec, "tenantID")),
+        auxiliary_tenant_ids=tuple(intern(str(t)) for t in tenants if t),
+        ad_endpoint=intern(_str(spec, "adEndpoint")),
         client_password=password,
         namespaced=_is_object(annotations) and annotations.get(NAMESPACED_ANNOTATION) == "namespaced",
         uid=_str(meta, "uid"),
@@ -179,7 +180,7 @@ def _binding(raw: Any) -> Binding:
     spec = _mapping(raw, "spec", required=False)
     windows, windows_error = _active_windows(meta)
     return Binding(
-        namespace=_str(meta, "namespace", required=True),
+        namespace=intern(_str(meta, "namespace", required=True)),
         name=_str(meta, "name", required=True),
         identity_name=_str(spec, "azureIdentity"),
         selector=_str(spec, "selector"),
