@@ -20,7 +20,8 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
-from nmi.cache import IdentityIndex, PodIndex
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
 from nmi.kube.informer import Informer, WatchTarget
 from nmi.kube.projection import project_binding, project_identity, project_pod
 
@@ -130,7 +131,8 @@ def _events(kind: str, objects: list[dict[str, Any]], count: int) -> list[bytes]
 
 async def measure_speed(objects: dict[str, list[dict[str, Any]]], *, events: int) -> dict[str, Any]:
     counter: list[Any] = [0]
-    pods = PodIndex(on_change=_counting(counter))
+    counted = _counting(counter)
+    pods = PodIndex(on_size=lambda _size: counted())
     out = {"pods": await _run_informer("pods", project_pod, pods, objects["pods"],
                                        _events("MODIFIED", objects["pods"], events),
                                        changes_expected=events, counter=counter)}

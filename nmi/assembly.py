@@ -14,27 +14,29 @@ from typing import Awaitable, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
-from .broker import MANAGED, BrokerPolicy, Outcome, TokenBroker
-from .cache import IdentityIndex, PodIndex
+from .broker import MANAGED, BrokerPolicy, TokenBroker
+from .cache import IdentityIndex
 from .cli import Settings
 from .kube.client import KubeConfigError, build_api_client
 from .kube.events import KubeEventWriter
 from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
 from .kube.watches import node_informers
-from .errors import NmiError
-from .access_log import log_access
 from .freshness import CacheHealth
 from .explain import Explainer
 from .loop_lag import watch_loop_lag
-from .model import Identity
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
+from .observer import AccessObserver, TokenObserver
+from .pod_index import PodIndex
 from .proxy import ImdsProxy
-from .server import AccessObserver, DaemonState, TokenServerConfig
+from .readiness import DaemonState
+from .root_tasks import (chain_keeper, final_audit_flush, forget_vanished_identities, log_when_synced,
+                         report_window_errors)
+from .server import TokenServerConfig
 from .tokens.config import ImdsEndpoint, UpstreamHooks
 from .tokens.credential_policy import CredentialPolicy
 from .tokens.credentials import ParserProcess
-from .tokens.service import TokenService, workload_owner_key
+from .tokens.service import TokenService
 from .window_reports import WindowErrorReporter
 from .workloads import WorkloadIndex
 
@@ -55,45 +57,6 @@ class Parts:
     root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
     chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
     explainer: Explainer | None = None  # /explain on the probe port
-
-
-class TokenObserver(AccessObserver):
-    """Per token request: the upstream metric, one access line, and the audit record on success."""
-
-    def __init__(self, metrics: Metrics, state: DaemonState, audit: AuditRecorder | None) -> None:
-        self._metrics, self._state, self._audit = metrics, state, audit
-
-    def token_request(self, *, route: str, method: str, status: int, remote: str, resource: str,
-                      outcome: Outcome | None, pod_key: str, seconds: float) -> None:
-        pod = outcome.pod if outcome else None
-        pod_key = pod.key if pod else pod_key
-        self._metrics.observe_request(route=route, status=status, namespace=pod_key.partition("/")[0],
-                                      resource=resource, seconds=seconds)
-        if outcome is not None:
-            self._metrics.cache_lookup(hit=outcome.grant.cached)
-        if not self._state.ready:
-            self._metrics.served_not_ready()
-        identity = outcome.identity if outcome else None
-        log_access(pod=pod_key, identity_client_id=identity.client_id if identity else "",
-                   resource=resource, status=status, cache_hit=bool(outcome and outcome.grant.cached),
-                   seconds=seconds, method=method, route=route, remote=remote)
-        if self._audit is not None and outcome is not None and outcome.binding is not None and identity is not None:
-            self._audit.record(outcome.binding.namespace, outcome.binding.name, outcome.pod.namespace,
-                               outcome.pod.name, identity.name, resource)
-
-
-class CountedSecretReader:
-    """A SecretReader that counts failed reads as upstream's `get_secret` API error."""
-
-    def __init__(self, inner: KubeSecretReader, metrics: Metrics) -> None:
-        self._inner, self._metrics = inner, metrics
-
-    async def read_secret(self, namespace: str, name: str):
-        try:
-            return await self._inner.read_secret(namespace, name)
-        except NmiError:
-            self._metrics.kube_error(KUBE_GET_SECRET)
-            raise
 
 
 def _restart_hook(metrics: Metrics):
@@ -121,8 +84,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     stack.callback(live.close)
     health = CacheHealth()
     state.cache_problems = health.problems
-    pods = PodIndex(live.live_pods_for_ip, on_change=None, health=health)
-    pods.on_change = lambda: metrics.set_pods_indexed(pods.pods_indexed)
+    pods = PodIndex(live.live_pods_for_ip, on_size=metrics.set_pods_indexed, health=health)
     catalog = IdentityIndex()
     managed = settings.operation_mode == MANAGED
     workloads = None if managed else WorkloadIndex()  # the MIC check exists in standard mode only
@@ -132,13 +94,13 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                                mic_namespace=settings.mic_namespace, workloads=workloads,
                                on_restart=_restart_hook(metrics),
                                on_api_error=lambda resource, operation: metrics.kube_error(operation))
-    secrets = KubeSecretReader(api_client)
+    secrets = KubeSecretReader(api_client, on_api_error=lambda *_: metrics.kube_error(KUBE_GET_SECRET))
     stack.callback(secrets.close)
     minter = None
     if settings.workload_identity:
         minter = KubeServiceAccountTokens(api_client)
         stack.callback(minter.close)
-    tokens = TokenService(CountedSecretReader(secrets, metrics),
+    tokens = TokenService(secrets,
                           imds=ImdsEndpoint(settings.metadata_ip, settings.metadata_port),
                           hooks=UpstreamHooks(observe=lambda source, seconds, ok: metrics.upstream_finished(
                               source, seconds=seconds, ok=ok), in_flight=metrics.upstream_in_flight),
@@ -168,18 +130,18 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
         stack.callback(writer.close)
         audit = AuditRecorder(writer, node=settings.node, on_dropped=metrics.audit_events_dropped)
         root_tasks["audit"] = audit.run
-        stack.push_async_callback(_final_flush, audit)  # runs before writer.close: nothing recorded is lost
+        stack.push_async_callback(final_audit_flush, audit)  # runs before writer.close: nothing recorded is lost
     for informer in informers:
         root_tasks[f"watch-{informer.target.resource}"] = informer.run
-    root_tasks["caches-synced"] = functools.partial(_log_synced, [i.synced for i in informers])
-    root_tasks["forget-vanished-identities"] = functools.partial(_forget_vanished, catalog, tokens)
+    root_tasks["caches-synced"] = functools.partial(log_when_synced, [i.synced for i in informers])
+    root_tasks["forget-vanished-identities"] = functools.partial(forget_vanished_identities, catalog, tokens)
     root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
     warn = None
     if audit is not None:
         def warn(binding, message, audit=audit):
             audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
     reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
-    root_tasks["binding-window-errors"] = functools.partial(_report_window_errors, catalog, reporter)
+    root_tasks["binding-window-errors"] = functools.partial(report_window_errors, catalog, reporter)
     if settings.node_startup_taint:
         root_tasks["startup-taint"] = _startup_taint_task(settings, state, api_client, stack)
 
@@ -201,42 +163,6 @@ def _startup_taint_task(settings: Settings, state: DaemonState, api_client, stac
                              ready=lambda: state.ready)
 
 
-async def _final_flush(audit: AuditRecorder) -> None:
-    try:
-        await asyncio.wait_for(audit.flush(), timeout=5)
-    except asyncio.TimeoutError:
-        log.warning("token issuance audit: final flush timed out")
-
-
-async def _log_synced(events: list[asyncio.Event]) -> None:
-    """Readiness follows CacheHealth directly (it also turns stale caches not-ready); this only logs."""
-    await asyncio.gather(*(e.wait() for e in events))
-    log.info("caches synced")
-    await asyncio.Event().wait()  # a root task lives as long as the daemon
-
-
-async def _forget_vanished(catalog: IdentityIndex, tokens: TokenService) -> None:
-    """Tokens of identities that disappeared are dropped from the cache."""
-    while True:
-        await catalog.wait_changed(timeout=3600)
-        keys = {i.key for i in catalog.identity_store.all()}
-        keys |= {a.identity.key for a in catalog.assigned_store.all() if a.identity is not None}
-        # Workload identity: tokens live while their ServiceAccount exists and still names a client ID.
-        keys |= {workload_owner_key(Identity(namespace=sa.namespace, name=sa.name, service_account=sa.name))
-                 for sa in catalog.service_account_store.all() if sa.client_id}
-        tokens.forget(keys)
-
-
-async def _report_window_errors(catalog: IdentityIndex, reporter: WindowErrorReporter) -> None:
-    """Malformed active-windows annotations, reviewed only when a binding changed (not per request)."""
-    seen = -1
-    while True:
-        if catalog.bindings_generation != seen:
-            seen = catalog.bindings_generation
-            reporter.review(catalog.binding_store.all())
-        await catalog.wait_changed(timeout=3600)
-
-
 def _node_problem(settings: Settings) -> str | None:
     from iptables.node import check_kubenet, check_route_localnet
 
@@ -253,7 +179,6 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack
     from iptables.rules import ChainSpec
-    from iptables.supervisor import REJECT, REMOVE, supervise
 
     try:
         backend, choice = detect_backend(mode=None if settings.iptables_backend == "auto" else settings.iptables_backend)
@@ -263,18 +188,9 @@ def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
     spec = ChainSpec(metadata_ip=settings.metadata_ip, metadata_port=settings.metadata_port,
                      target_ip=settings.dnat_target, target_port=settings.port)
 
-    def on_state(ok: bool) -> None:
-        state.chain_installed = ok
-
     def conntrack() -> None:
         deleted = delete_conntrack(settings.metadata_ip, settings.metadata_port)
         log.info("deleted %d conntrack entries to %s:%d", deleted, settings.metadata_ip, settings.metadata_port)
 
-    async def run(stop: asyncio.Event) -> None:
-        # `stop` is set on SIGTERM/SIGINT only: then the reject with --fail-closed, else remove everything
-        # (upstream). A dying root task cancels the supervisor instead, which leaves the DNAT.
-        await supervise(backend, spec, interval=settings.ipt_update_interval, on_state=on_state, stop=stop,
-                        on_repair=metrics.iptables_repaired, on_stop=REJECT if settings.fail_closed else REMOVE,
-                        after_install=conntrack if settings.conntrack_deletion else None)
-
-    return run
+    return chain_keeper(backend, spec, interval=settings.ipt_update_interval, fail_closed=settings.fail_closed,
+                        conntrack=conntrack if settings.conntrack_deletion else None, state=state, metrics=metrics)

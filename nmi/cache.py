@@ -1,5 +1,5 @@
-"""In-memory indexes fed by the watch informers: identity objects by namespace and by pod (and, re-exported from
-`nmi.pod_index`, pods by IP).
+"""In-memory indexes fed by the watch informers: identity objects by namespace and by pod (pods by IP are
+`nmi.pod_index`).
 
 Every mutation happens on the event loop (the informer hands events over with call_soon_threadsafe), so
 a reader never sees half an update and a check followed by `wait_changed` cannot miss a change.
@@ -12,7 +12,6 @@ import asyncio
 from typing import Callable, Generic, Hashable, Iterable, Protocol, TypeVar
 
 from .model import AssignedIdentity, Binding, Identity, PodIdentityException, ServiceAccount
-from .pod_index import LiveLookup, PodIndex  # noqa: F401 - re-exported: the pod side of the caches
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)

@@ -22,7 +22,8 @@ from . import __version__
 from .assembly import Parts, StartupError, assemble
 from .cli import Settings
 from .listen import KEEPALIVE_SECONDS, ConnectionLimits, GuardedSite, raise_fd_soft_limit, total_connections_for
-from .server import DRAIN, DaemonState, metrics_app, probe_app, token_app
+from .readiness import DaemonState
+from .server import DRAIN, metrics_app, probe_app, token_app
 
 log = logging.getLogger("nmi")
 

@@ -15,7 +15,6 @@ class NmiError(Exception):
     def __init__(self, description: str | None = None, *, retry_after: int | None = None) -> None:
         self.description = description or self.default_description
         self.retry_after = retry_after
-        self.pod_key = ""  # "namespace/name" once the caller is known, for the access log
         super().__init__(self.description)
 
 

@@ -1,5 +1,6 @@
 """`/explain`: which identity a pod would get for a token request and why, or why not — answered from the daemon's
-caches with the broker's own rules (`TokenBroker.decide`, `nmi.identities`), without fetching a token.
+caches with the broker's own decision (`TokenBroker.decide`, i.e. `nmi.identities.resolve`), without fetching a
+token.
 
 Pure: a JSON-ready dict. The probe server serves it to loopback callers; `nmi explain` renders it.
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from . import identities as rules
-from .broker import MANAGED, TokenBroker
+from .broker import TokenBroker
+from .identities import MANAGED, NODE, WORKLOAD, Decision, binding_of
+from .identities import rules
 from .model import Binding, Identity, PodInfo, TokenRequest
-from .resolution import binding_of, denial
 from .windows import HORIZON_DAYS
 
 MAX_BINDINGS = 100  # a namespace with thousands of bindings must not make the answer unbounded
@@ -69,7 +70,7 @@ class Explainer:
         return self.explain(query["namespace"], query["pod"], request)
 
     def explain(self, namespace: str, pod_name: str, request: TokenRequest) -> dict[str, Any]:
-        broker, policy = self.broker, self.broker.policy
+        policy = self.broker.policy
         report: dict[str, Any] = {
             "pod": f"{namespace}/{pod_name}", "mode": policy.mode,
             "request": {"resource": request.resource, "client_id": request.client_id,
@@ -100,26 +101,27 @@ class Explainer:
         if len(owners) > 1:
             return _verdict(report, 503, IP_CONFLICT, f"{len(owners)} live pods claim {pod.ip}: "
                             + ", ".join(p.key for p in owners))
-        exception = rules.exception_for(pod, broker.catalog.exceptions(pod.namespace))
-        if exception is not None or broker.uses_node_identity(pod):
+        decision = self.broker.decide(pod, request)
+        if decision.source == NODE:
+            exception = decision.exception
             reason, why = ((EXCEPTION, f"AzurePodIdentityException {exception.namespace}/{exception.name} matches "
                             "the pod's labels") if exception is not None
                            else (MIC_POD, "the pod belongs to the MIC Deployment"))
             self._cache(report, None, request)
             return _verdict(report, 200, reason, why + ": it gets the node's identity straight from IMDS")
-        workload = broker.workload_identity(pod)
-        if workload is not None:
+        workload = decision.workload
+        if decision.source == WORKLOAD and workload is not None:
             report["identity"] = _identity(workload)
-            if request.resource_id or (request.client_id and request.client_id.lower() != workload.client_id.lower()):
+            if not decision.ready:
                 return _verdict(report, 400, WORKLOAD_IDENTITY, "the request names an identity other than the "
                                 "ServiceAccount's workload identity client ID")
             self._cache(report, workload, request)
             return _verdict(report, 200, WORKLOAD_IDENTITY, f"no binding selects the pod; ServiceAccount "
                             f"{pod.namespace}/{pod.service_account} names client ID {workload.client_id}")
-        return self._by_bindings(report, pod, request)
+        return self._by_bindings(report, pod, request, decision)
 
-    def _by_bindings(self, report: dict[str, Any], pod: PodInfo, request: TokenRequest) -> dict[str, Any]:
-        decision = self.broker.decide(pod, request)
+    def _by_bindings(self, report: dict[str, Any], pod: PodInfo, request: TokenRequest,
+                     decision: Decision) -> dict[str, Any]:
         if decision.ready:
             chosen = decision.ready[0]
             report["identity"] = _identity(chosen)
@@ -134,7 +136,7 @@ class Explainer:
             return _verdict(report, 404, reason, f"MIC's assignment is {what}: a request waits up to {budget:.0f}s "
                             "for it, then 404 (503 with --set-retry-after-header)")
         if decision.inactive:
-            return _verdict(report, 403, INACTIVE_WINDOW, denial(decision.inactive, self.broker.wall_clock()))
+            return _verdict(report, 403, INACTIVE_WINDOW, rules.denial(decision.inactive, self.broker.wall_clock()))
         if not rules.binding_selector(pod):
             return _verdict(report, 400, rules.NO_LABEL, "the pod has no aadpodidbinding label: no binding selects it")
         return _verdict(report, 400, NO_BINDING, "no usable binding gives the pod "

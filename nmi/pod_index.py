@@ -42,7 +42,7 @@ class PodIndex:
         *,
         negative_ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[], None] | None = None,
+        on_size: Callable[[int], None] | None = None,
         on_conflict: Callable[[str, list[PodInfo]], None] | None = None,
         tombstone_limit: int = 4096,
         health: CacheHealth | None = None,
@@ -54,17 +54,12 @@ class PodIndex:
         self.gate = LookupGate(self._numbered_lookup, limits=limits, clock=clock) if live_lookup else None
         self.health = health
         self._lists = 0  # replace() calls: a live lookup begun before a relist is older than the relist
-        self.on_change = on_change
-        self.on_conflict = on_conflict
+        self._on_size = on_size  # told the number of pods indexed after every change (the metric)
+        self._on_conflict = on_conflict
         self._tombstone_limit = tombstone_limit
         self._by_key: dict[str, PodInfo] = {}
-        self._by_uid: dict[str, PodInfo] = {}
         self._by_ip: dict[str, dict[str, PodInfo]] = {}
         self._tombstones: OrderedDict[str, None] = OrderedDict()
-
-    @property
-    def live_lookups(self) -> int:
-        return self.gate.started if self.gate is not None else 0
 
     @property
     def pods_indexed(self) -> int:
@@ -72,9 +67,6 @@ class PodIndex:
 
     def pod_by_name(self, namespace: str, name: str) -> PodInfo | None:
         return self._by_key.get(f"{namespace}/{name}")
-
-    def pod_by_uid(self, uid: str) -> PodInfo | None:
-        return self._by_uid.get(uid)
 
     def live_pods_with_ip(self, ip: str) -> list[PodInfo]:
         owners = self._by_ip.get(ip)
@@ -103,8 +95,8 @@ class PodIndex:
                 self.gate.negative.add(ip)
             raise PodNotFound()
         log.warning("pod IP conflict: %s is claimed by %s", ip, ", ".join(p.key for p in owners))
-        if self.on_conflict is not None:
-            self.on_conflict(ip, owners)
+        if self._on_conflict is not None:
+            self._on_conflict(ip, owners)
         raise PodConflict()
 
     # -- Store ---------------------------------------------------------------------------------------
@@ -159,10 +151,8 @@ class PodIndex:
         return _owners(found, ip)
 
     def _insert(self, pod: PodInfo) -> None:
-        key = pod.key  # one string for both indexes (the property builds a new one on every call)
+        key = pod.key  # one string for both maps (the property builds a new one on every call)
         self._by_key[key] = pod
-        if pod.uid:
-            self._by_uid[pod.uid] = pod
         if pod.ip and pod.owns_ip:
             self._by_ip.setdefault(pod.ip, {})[key] = pod
             if self.gate is not None:
@@ -172,12 +162,10 @@ class PodIndex:
         old = self._by_key.pop(key, None)
         if old is None:
             return False
-        if old.uid:
-            self._by_uid.pop(old.uid, None)
-            if tombstone:
-                self._tombstones[old.uid] = None
-                while len(self._tombstones) > self._tombstone_limit:
-                    self._tombstones.popitem(last=False)
+        if old.uid and tombstone:
+            self._tombstones[old.uid] = None
+            while len(self._tombstones) > self._tombstone_limit:
+                self._tombstones.popitem(last=False)
         owners = self._by_ip.get(old.ip)
         if owners is not None:
             owners.pop(key, None)
@@ -186,8 +174,8 @@ class PodIndex:
         return True
 
     def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+        if self._on_size is not None:
+            self._on_size(len(self._by_key))
 
 
 def _owners(found: list[PodInfo], ip: str) -> list[PodInfo]:

@@ -1,7 +1,8 @@
-"""aiohttp apps: the IMDS-compatible token server, the probe server and the metrics server.
+"""aiohttp apps, HTTP only: the IMDS-compatible token server, the probe server and the metrics server.
 
-Handlers are thin: parse with `imds`, decide with the broker, render with `imds`. Every NmiError becomes IMDS
-JSON in one middleware; anything else is a bug: 500 JSON, the traceback only in the log, and we keep serving.
+Handlers are thin: parse with `imds`, ask the broker, render with `imds`. Every failure becomes an IMDS JSON answer
+in one place (`failure_response`): an NmiError its own status, anything else is a bug: 500 JSON, the traceback
+only in the log, and we keep serving.
 """
 
 from __future__ import annotations
@@ -21,81 +22,22 @@ from . import __version__, imds
 from .broker import Outcome, TokenBroker
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError, Unavailable
 from .imds import Route
+from .model import PodInfo
+from .observer import AccessObserver
 from .proxy import ImdsProxy
+from .readiness import DRAIN_CUT, DaemonState, Drain
 from .request_cache import RenderedBodies, query_of, route_of
 
 log = logging.getLogger(__name__)
 
 HOST_CALLER = "127.0.0.1"
 
-def _caches_not_wired() -> list[str]:
-    return ["no watch cache wired yet"]
-
-
-@dataclass
-class DaemonState:
-    """What the probes report. Mutated only by the daemon's root tasks, on the loop.
-
-    Readiness tells the truth (SPEC §6, §7): every condition under which nmi cannot answer correctly is a reason —
-    each watch cache not synced or stale (`cache_problems`, wired to `nmi.freshness.CacheHealth.problems`), the
-    chain not in place, shutting down — and each clears when its cause does.
-    """
-
-    chain_installed: bool = False
-    shutting_down: bool = False
-    chain_required: bool = True
-    cache_problems: Callable[[], list[str]] = _caches_not_wired
-
-    @property
-    def active(self) -> bool:
-        return self.chain_installed or not self.chain_required
-
-    @property
-    def caches_synced(self) -> bool:
-        """Every watch cache synced and fresh (what the token route needs to answer from the caches)."""
-        return not self.cache_problems()
-
-    @property
-    def ready(self) -> bool:
-        return not self.not_ready_because()
-
-    def not_ready_because(self) -> list[str]:
-        problems = self.cache_problems()
-        why = ["caches not synced or stale: " + "; ".join(problems)] if problems else []
-        if not self.active:
-            why.append("aad-metadata chain not in place")
-        if self.shutting_down:
-            why.append("shutting down")
-        return why
-
-class Drain:
-    """Token requests in flight at shutdown. When the drain time is nearly spent, those still running are
-    answered 503 + Retry-After (`answer_all_now`) instead of having their connection cut by the server."""
-
-    def __init__(self) -> None:
-        self.in_flight: set[asyncio.Task] = set()
-        self.cut = False
-
-    def answer_all_now(self) -> None:
-        self.cut = True
-        for task in list(self.in_flight):
-            task.cancel(DRAIN_CUT)
-
-
-DRAIN_CUT = "nmi is shutting down"
 
 @dataclass(frozen=True, slots=True)
 class TokenServerConfig:
     metadata_header_required: bool = True
     block_instance_metadata: bool = False
 
-class AccessObserver:
-    """Hooks the server calls after each token request; the daemon plugs metrics, logs and audit in here."""
-
-    def token_request(self, *, route: str, method: str, status: int, remote: str, resource: str,
-                      outcome: Outcome | None, pod_key: str, seconds: float) -> None:
-        """Called once per token-route or host-token request, whatever the status. `pod_key` names the caller
-        when it was identified but the request failed afterwards."""
 
 BROKER = web.AppKey("broker", TokenBroker)
 CONFIG = web.AppKey("config", TokenServerConfig)
@@ -130,19 +72,28 @@ def json_response(body: str | bytes, *, status: int = 200, headers: dict[str, st
 def error_response(error: NmiError) -> web.Response:
     return json_response(imds.render_error(error), status=error.status, headers=imds.error_headers(error))
 
+
+def failure_response(failure: Exception, *, where: str) -> web.Response:
+    """The one place a failure becomes an answer. aiohttp's own refusals (e.g. 404 for `OPTIONS *`) get IMDS JSON
+    too; an HTTPException below 400 is not a failure and is raised again."""
+    if isinstance(failure, NmiError):
+        return error_response(failure)
+    if isinstance(failure, web.HTTPException):
+        if failure.status < 400:
+            raise failure
+        return error_response(http_error(failure.status, failure.reason))
+    # A bug: answer, log with traceback, keep serving.
+    log.error("internal error handling %s", where, exc_info=failure)
+    return error_response(NmiError("Internal error; see the nmi log"))
+
+
 @web.middleware
 async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     try:
         return await handler(request)
-    except NmiError as error:
-        return error_response(error)
-    except web.HTTPException as exc:  # aiohttp's own refusals (e.g. 404 for `OPTIONS *`) get IMDS JSON too
-        if exc.status < 400:
-            raise
-        return error_response(http_error(exc.status, exc.reason))
-    except Exception:  # a bug: answer, log with traceback, keep serving
-        log.exception("internal error handling %s %s", request.method, request.path)
-        return error_response(NmiError("Internal error; see the nmi log"))
+    except Exception as failure:
+        return failure_response(failure, where=f"{request.method} {request.path}")
+
 
 def http_error(status: int, reason: str) -> NmiError:
     error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
@@ -177,46 +128,55 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     imds.check_proxyable(path)
     return await request.app[PROXY].forward(request, path)
 
-async def observed(request: web.Request, route: Route,
-                   handler: Callable[[web.Request], Awaitable[tuple[web.Response, Outcome, str]]]) -> web.Response:
+@dataclass(slots=True)
+class Seen:
+    """What a token handler learnt before it answered or failed: what the observer is told."""
+
+    resource: str = ""
+    pod: PodInfo | None = None  # the caller, once identified
+    outcome: Outcome | None = None
+
+
+TokenHandler = Callable[[web.Request, Seen], Awaitable[web.Response]]
+
+
+async def observed(request: web.Request, route: Route, handler: TokenHandler) -> web.Response:
     """Runs a token handler and reports every request, including failed ones, to the observer."""
     started = time.perf_counter()
-    outcome: Outcome | None = None
-    resource = pod_key = ""
+    seen = Seen()
     drain, task = request.app[DRAIN], asyncio.current_task()
     drain.in_flight.add(task)
     try:
-        response, outcome, resource = await handler(request)
-    except NmiError as error:
-        response = error_response(error)
-        pod_key = error.pod_key
+        response = await handler(request, seen)
     except asyncio.CancelledError:
         if not drain.cut or task is None:
             raise
         task.uncancel()  # cancelled by the drain, not by the server: answer instead of vanishing
         response = error_response(Unavailable(DRAIN_CUT + "; retry", retry_after=1))
-    except Exception:
-        log.exception("internal error handling %s %s", request.method, route.value)
-        response = error_response(NmiError("Internal error; see the nmi log"))
+    except Exception as failure:
+        response = failure_response(failure, where=f"{request.method} {route.value}")
     finally:
         drain.in_flight.discard(task)
-    if not resource:
-        resource = request.query.get("resource", "")
     request.app[OBSERVER].token_request(route=route.value, method=request.method[:16], status=response.status,
                                         remote=caller_ip(request),
-                                        resource=resource, outcome=outcome, pod_key=pod_key,
-                                        seconds=time.perf_counter() - started)
+                                        resource=seen.resource or request.query.get("resource", ""),
+                                        outcome=seen.outcome, pod=seen.pod, seconds=time.perf_counter() - started)
     return response
 
-async def token(request: web.Request) -> tuple[web.Response, Outcome, str]:
+
+async def token(request: web.Request, seen: Seen) -> web.Response:
     app = request.app  # a property walk per access: once per request
     parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
                                       metadata_required=app[CONFIG].metadata_header_required)
-    outcome = await app[BROKER].for_caller(caller_ip(request), parsed)
+    seen.resource = parsed.resource
+    broker = app[BROKER]
+    seen.pod = await broker.caller(caller_ip(request))
+    seen.outcome = outcome = await broker.token_for(seen.pod, parsed)
     body = app[BODIES].render(outcome.grant.tokens, resource=parsed.resource, now=time.time())
-    return json_response(body), outcome, parsed.resource
+    return json_response(body)
 
-async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
+
+async def host_token(request: web.Request, seen: Seen) -> web.Response:
     if caller_ip(request) != HOST_CALLER:
         raise Forbidden("/host/token is only served to callers on the node's loopback address")
     podns, podname = request.headers.get("podns", ""), request.headers.get("podname", "")
@@ -224,10 +184,15 @@ async def host_token(request: web.Request) -> tuple[web.Response, Outcome, str]:
         raise BadRequest("missing 'podname' and 'podns' from request header")
     parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
                                       metadata_required=False)
-    outcome = await request.app[BROKER].for_named_pod(podns, podname, parsed)
+    seen.resource = parsed.resource
+    broker = request.app[BROKER]
+    seen.pod = broker.named_pod(podns, podname)
+    # No exception shortcut for a named pod, as upstream.
+    seen.outcome = outcome = await broker.token_for(seen.pod, parsed, node_identity_allowed=False)
     client_id = outcome.identity.client_id if outcome.identity else ""
     body = imds.render_host_token(outcome.grant.primary, resource=parsed.resource, client_id=client_id, now=time.time())
-    return json_response(body), outcome, parsed.resource
+    return json_response(body)
+
 
 def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonState, proxy: ImdsProxy,
               observer: AccessObserver | None = None) -> web.Application:
@@ -271,26 +236,27 @@ def _explain_handler(explain: Explain):
 
     async def handler(request: web.Request) -> web.Response:
         try:
-            if not ipaddress.ip_address(caller_ip(request) or "0.0.0.0").is_loopback:
-                raise Forbidden("/explain is only served to callers on the node's loopback address")
-            if request.method != "GET":
-                raise MethodNotAllowed("/explain accepts GET only")
-            query: dict[str, str] = {}
-            for key, value in imds.parse_query(request.query_string):
-                if key in query or key not in EXPLAIN_PARAMETERS:
-                    raise BadRequest(f"query parameter {key[:64]!r} is repeated or unknown")
-                query[key] = value.strip()
-            if not query.get("namespace") or not query.get("pod"):
-                raise BadRequest("namespace and pod are required")
-            report = explain(query)
-        except NmiError as error:
-            return error_response(error)
-        except Exception:  # a bug: answer, log with traceback, keep serving
-            log.exception("internal error handling /explain")
-            return error_response(NmiError("Internal error; see the nmi log"))
-        return json_response(json.dumps(report, indent=1, sort_keys=True))
+            return json_response(json.dumps(explain(_explain_query(request)), indent=1, sort_keys=True))
+        except Exception as failure:
+            return failure_response(failure, where="/explain")
 
     return handler
+
+
+def _explain_query(request: web.Request) -> dict[str, str]:
+    if not ipaddress.ip_address(caller_ip(request) or "0.0.0.0").is_loopback:
+        raise Forbidden("/explain is only served to callers on the node's loopback address")
+    if request.method != "GET":
+        raise MethodNotAllowed("/explain accepts GET only")
+    query: dict[str, str] = {}
+    for key, value in imds.parse_query(request.query_string):
+        if key in query or key not in EXPLAIN_PARAMETERS:
+            raise BadRequest(f"query parameter {key[:64]!r} is repeated or unknown")
+        query[key] = value.strip()
+    if not query.get("namespace") or not query.get("pod"):
+        raise BadRequest("namespace and pod are required")
+    return query
+
 
 def metrics_app(render: Callable[[], tuple[bytes, str]]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:

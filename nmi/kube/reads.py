@@ -16,7 +16,7 @@ from typing import Any, Callable
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
-from ..errors import IdentityConfigurationError, Unavailable
+from ..errors import IdentityConfigurationError, NmiError, Unavailable
 from ..model import PodInfo, SecretData
 from .projection import project_pod
 from .rest import KubeApi
@@ -82,11 +82,21 @@ class LivePodLookup(ApiReader):
 class KubeSecretReader(ApiReader):
     """`nmi.ports.SecretReader`: a live GET per call, so a changed Secret takes effect at once."""
 
-    def __init__(self, api_client: k8s_client.ApiClient, *, timeout: float = 5.0) -> None:
+    def __init__(self, api_client: k8s_client.ApiClient, *, timeout: float = 5.0,
+                 on_api_error: Callable[[str, str], None] | None = None) -> None:
         super().__init__(api_client)
         self.timeout = timeout
+        self.on_api_error = on_api_error  # every failed read (upstream's `get_secret` API error)
 
     async def read_secret(self, namespace: str, name: str) -> SecretData:
+        try:
+            return await self._read(namespace, name)
+        except NmiError:
+            if self.on_api_error is not None:
+                self.on_api_error("secrets", "get")
+            raise
+
+    async def _read(self, namespace: str, name: str) -> SecretData:
         def fetch() -> Any:
             response = self.core.read_namespaced_secret(
                 name, namespace, _preload_content=False, _request_timeout=self.timeout

@@ -7,8 +7,9 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from ..cache import IdentityIndex, PodIndex
-from ..identities import MIC_DEPLOYMENT
+from ..cache import IdentityIndex
+from ..pod_index import PodIndex
+from ..identities.rules import MIC_DEPLOYMENT
 from ..workloads import WorkloadIndex
 from .informer import Informer, WatchTarget
 from .rest import KubeApi

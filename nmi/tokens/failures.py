@@ -54,6 +54,17 @@ def failure_from(answer: Answer | None, body: Mapping[str, Any], now: float, *, 
                            retry_after=retry_after)
 
 
+def discovery_failure(answer: Answer | None, now: float, *, label: str, tenant: str) -> Exception | None:
+    """MSAL could not build an application for this authority: before any request, MSAL's own URL checks refused
+    it (a configuration error); after an error answer, OIDC discovery failed. None for anything else (a bug in
+    nmi or MSAL, raised as it is)."""
+    if answer is None:
+        return errors.IdentityConfigurationError(f"{label}: the authority host and tenant do not form a valid authority")
+    if answer.status < 400:
+        return None
+    return failure_from(answer, answer.json_object(), now, description=f"OIDC discovery for tenant {tenant} failed")
+
+
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110)."""
     if not value:

@@ -19,13 +19,12 @@ from typing import Any, Callable, Hashable, Iterator, TypeVar
 import msal
 import requests
 
-from ..errors import IdentityConfigurationError
 from ..model import AccessToken, Identity
 from ..singleflight import Lru
 from .config import ImdsEndpoint, UpstreamHooks, UpstreamLimits
 from .credential_policy import authority_host, identity_label
 from .credentials import ClientSecret, Credential
-from .failures import failure_from, unreachable
+from .failures import discovery_failure, failure_from, unreachable
 from .msal_http import AadHttpClient, Answer, ImdsHttpClient, aad_session, access_token_from, imds_session
 
 T = TypeVar("T")
@@ -134,14 +133,11 @@ class MsalAdapter:
         except requests.RequestException as exc:
             raise unreachable(exc) from None
         except (ValueError, msal.exceptions.MsalServiceError):
-            answer = self._aad.last_answer()
-            if answer is None:  # refused before any request: MSAL's own URL checks
-                raise IdentityConfigurationError(
-                    f"{identity_label(identity)}: the authority host and tenant do not form a valid authority") from None
-            if answer.status < 400:
+            failure = discovery_failure(self._aad.last_answer(), self._clock(), label=identity_label(identity),
+                                        tenant=tenant)
+            if failure is None:
                 raise
-            raise failure_from(answer, answer.json_object(), self._clock(),
-                               description=f"OIDC discovery for tenant {tenant} failed") from None
+            raise failure from None
 
     def _aad_call(self, app: msal.ConfidentialClientApplication, scope: str, resource: str, client_id: str,
                   secret: str) -> AccessToken:

@@ -13,7 +13,8 @@ import pytest
 from nmi.broker import MANAGED, STANDARD, BrokerPolicy, TokenBroker
 from nmi.errors import AccessDenied, IdentityNotFound
 from nmi.model import AccessToken, TokenRequest
-from nmi.server import DaemonState, TokenServerConfig, token_app
+from nmi.readiness import DaemonState
+from nmi.server import TokenServerConfig, token_app
 from nmi.tokens.cache import TokenCache
 from nmi.windows import parse_windows
 

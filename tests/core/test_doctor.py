@@ -14,7 +14,8 @@ from nmi import doctor
 from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
 from fakes.imds import FakeImds, VmIdentity
 from nmi.proxy import ImdsProxy
-from nmi.server import DaemonState, TokenServerConfig, token_app
+from nmi.readiness import DaemonState
+from nmi.server import TokenServerConfig, token_app
 
 from tests.core.doubles import Catalog, Pods, Tokens, pod
 

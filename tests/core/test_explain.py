@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from nmi.broker import MANAGED, STANDARD, BrokerPolicy, TokenBroker
-from nmi.cache import IdentityIndex, PodIndex
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
 from nmi.errors import NmiError
 from nmi.explain import Explainer
 from fakes.imds import FakeImds, VmIdentity
@@ -17,7 +18,8 @@ from fakes.kubeobjects import (make_assigned_identity, make_binding, make_except
 from nmi.kube.projection import (project_assigned_identity, project_binding, project_exception, project_identity,
                                  project_pod, project_service_account)
 from nmi.model import TokenRequest
-from nmi.server import DaemonState, probe_app
+from nmi.readiness import DaemonState
+from nmi.server import probe_app
 from nmi.tokens.config import ImdsEndpoint
 from nmi.tokens.service import TokenService
 

@@ -1,4 +1,4 @@
-from nmi import identities as rules
+from nmi.identities import rules
 from nmi.model import PodIdentityException, TokenRequest, Workload
 
 from tests.core.doubles import assignment, binding, identity, pod

@@ -5,7 +5,8 @@ from aiohttp import web
 
 from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
 from nmi.proxy import ImdsProxy
-from nmi.server import DaemonState, TokenServerConfig, token_app
+from nmi.readiness import DaemonState
+from nmi.server import TokenServerConfig, token_app
 
 from tests.core.doubles import Catalog, Pods, Tokens
 

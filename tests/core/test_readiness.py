@@ -11,7 +11,8 @@ from iptables.errors import XtablesLockTimeout
 from iptables.rules import ChainSpec
 from iptables.supervisor import supervise
 from nmi.freshness import POD_CACHE, CacheHealth
-from nmi.server import DaemonState, probe_app
+from nmi.readiness import DaemonState
+from nmi.server import probe_app
 from tests.iptables.fake_backend import FakeBackend
 
 

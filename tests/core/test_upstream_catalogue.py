@@ -6,7 +6,7 @@ import pytest
 from iptables.node import check_kubenet
 from nmi.broker import MANAGED, STANDARD, BrokerPolicy, TokenBroker
 from nmi.errors import IdentityNotAssigned, IdentityNotFound
-from nmi.identities import is_excepted
+from nmi.identities.rules import is_excepted
 from nmi.kube.projection import project_pod
 from nmi.logs import redact_client_id
 from nmi.model import PodIdentityException, TokenRequest

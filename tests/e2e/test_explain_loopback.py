@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netn
 PORT = 8086
 SERVER = f"""
 from aiohttp import web
-from nmi.server import DaemonState, probe_app
+from nmi.readiness import DaemonState
+from nmi.server import probe_app
 app = probe_app(DaemonState(), explain=lambda query: {{"pod": query["namespace"] + "/" + query["pod"], "status": 200}})
 web.run_app(app, host="0.0.0.0", port={PORT}, print=lambda *_: print("ready", flush=True), access_log=None)
 """

@@ -3,7 +3,7 @@ minutes apart grew the backoff towards its 30 s cap, leaving nmi blind for longe
 
 from __future__ import annotations
 
-from nmi.cache import PodIndex
+from nmi.pod_index import PodIndex
 from nmi.kube import Informer
 from nmi.kube.watches import pods_target
 from nmi.kube.watchstream import backoff_delay

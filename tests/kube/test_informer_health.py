@@ -4,7 +4,7 @@ timeout and is renewed, with bookmarks in between, is never stale."""
 
 from __future__ import annotations
 
-from nmi.cache import PodIndex
+from nmi.pod_index import PodIndex
 from fakes.apiserver import make_pod
 from nmi.freshness import FRESH, NOT_SYNCED, POD_CACHE, STALE, CacheHealth
 from nmi.kube import Informer, pods_target

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from nmi.cache import IdentityIndex, PodIndex
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
 from nmi.errors import PodConflict, PodNotFound, Unavailable
 from nmi.model import AssignedIdentity, Binding, Identity, PodInfo
 
@@ -163,13 +164,13 @@ async def test_a_live_lookup_result_older_than_the_watch_state_is_ignored():
     assert index.pod_by_name("default", "job").phase == "Succeeded"
 
 
-def test_a_relist_replaces_everything_and_indexes_by_uid():
+def test_a_relist_replaces_everything():
     index = PodIndex()
     index.replace([pod("a", "10.244.0.1"), pod("b", "10.244.0.2")])
     index.replace([pod("b", "10.244.0.2"), pod("c", "10.244.0.3")])
     assert index.pods_indexed == 2
-    assert index.pod_by_name("default", "a") is None and index.pod_by_uid("uid-a") is None
-    assert index.pod_by_uid("uid-c").name == "c"
+    assert index.pod_by_name("default", "a") is None
+    assert index.pod_by_name("default", "c").uid == "uid-c"
     assert index.live_pods_with_ip("10.244.0.1") == []
 
 
@@ -183,9 +184,9 @@ def test_a_pod_recreated_under_the_same_name_replaces_the_old_one():
     assert index.pod_by_name("default", "web").uid == "u2"
 
 
-def test_on_change_fires_for_each_pod_change():
+def test_on_size_is_told_the_count_after_each_pod_change():
     changes = []
-    index = PodIndex(on_change=lambda: changes.append(index.pods_indexed))
+    index = PodIndex(on_size=changes.append)
     index.replace([pod("a")])
     index.upsert(pod("b", "10.244.0.6"))
     index.discard("default", "a")
@@ -231,7 +232,7 @@ async def test_wait_changed_wakes_on_a_change_and_times_out_without_one():
 
 
 async def test_host_network_pods_are_never_identified_by_the_node_address_they_share():
-    from nmi.cache import PodIndex
+    from nmi.pod_index import PodIndex
     from nmi.errors import PodNotFound
     from nmi.model import PodInfo
 

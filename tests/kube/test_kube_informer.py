@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from nmi.cache import IdentityIndex, PodIndex
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
 from fakes.apiserver import (
     make_deployment,
     make_replicaset,

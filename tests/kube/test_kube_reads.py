@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nmi.cache import PodIndex
+from nmi.pod_index import PodIndex
 from nmi.errors import IdentityConfigurationError, PodNotFound, Unavailable
 from fakes.apiserver import make_pod, make_secret
 from nmi.kube import Informer, KubeSecretReader, LivePodLookup, build_api_client, pods_target

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from nmi.cache import IdentityIndex, PodIndex
+from nmi.cache import IdentityIndex
+from nmi.pod_index import PodIndex
 from nmi.errors import IdentityConfigurationError, Unavailable
 from fakes.kubeobjects import make_pod, make_service_account
 from fakes.sa_issuer import verified_claims

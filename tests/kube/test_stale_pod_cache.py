@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from nmi.cache import PodIndex
+from nmi.pod_index import PodIndex
 from nmi.errors import CachesNotTrusted, PodConflict, PodNotFound, Unavailable
 from nmi.freshness import FRESH, NOT_SYNCED, POD_CACHE, STALE, CacheHealth
 from nmi.live_lookups import LookupGate, LookupLimits, NegativeCache, TokenBucket

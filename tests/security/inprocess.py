@@ -13,7 +13,8 @@ from aiohttp import web
 from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
 from nmi.listen import KEEPALIVE_SECONDS, ConnectionLimits, GuardedSite
 from nmi.proxy import ImdsProxy
-from nmi.server import DaemonState, TokenServerConfig, probe_app, token_app
+from nmi.readiness import DaemonState
+from nmi.server import TokenServerConfig, probe_app, token_app
 from tests.core.doubles import Catalog, Pods, Tokens, binding, identity, pod
 from tests.security import rawhttp
 

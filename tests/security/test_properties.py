@@ -31,7 +31,8 @@ from nmi.broker import MANAGED, BrokerPolicy, TokenBroker
 from fakes.serving import FakeSite
 from nmi.listen import ConnectionLimits, GuardedSite
 from nmi.proxy import ImdsProxy
-from nmi.server import DaemonState, TokenServerConfig, token_app
+from nmi.readiness import DaemonState
+from nmi.server import TokenServerConfig, token_app
 from tests.core.doubles import Catalog, Pods, Tokens, binding, identity, pod
 from tests.security import rawhttp
 

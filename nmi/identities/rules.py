@@ -1,4 +1,5 @@
-"""Pure identity resolution over cached CRDs: which identities a pod may use, in a deterministic order.
+"""The rules resolution applies, one object at a time: does a binding select a pod, is it active, is the pod
+excepted or MIC's, which assignments count, and in which order identities come.
 
 Upstream picked "the first" identity in informer cache order, which alternated between restarts. Here the
 order is always: highest binding weight first, then identity namespace/name.
@@ -7,11 +8,12 @@ order is always: highest binding weight first, then identity namespace/name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from .model import (BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest,
-                    Workload)
-from .windows import Opening
+from ..model import (BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest,
+                     Workload)
+from ..windows import ANNOTATION as ACTIVE_WINDOWS_ANNOTATION
+from ..windows import HORIZON_DAYS, Opening
 
 ASSIGNED = "Assigned"
 CREATED = "Created"
@@ -147,18 +149,24 @@ def visible_to(pod: PodInfo, identity: Identity, *, namespaced: bool) -> bool:
     return True
 
 
-def standard_assignment(pod: PodInfo, assigned: Iterable[AssignedIdentity], *, namespaced: bool) -> Assignment:
-    usable: list[Candidate] = []
-    created: list[Candidate] = []
+def pod_assignments(pod: PodInfo, assigned: Iterable[AssignedIdentity], *,
+                    namespaced: bool) -> Iterator[tuple[AssignedIdentity, Identity]]:
+    """The pod's AzureAssignedIdentities that count: for this pod, naming an identity it may see, Assigned (or
+    without state) or Created. Other states (Unassigned...) give nothing."""
     for a in assigned:
         if a.pod != pod.name or a.pod_namespace != pod.namespace or a.identity is None:
             continue
         if not visible_to(pod, a.identity, namespaced=namespaced):
             continue
-        if a.status in (ASSIGNED, LEGACY_NO_STATE):
-            usable.append(Candidate(a.identity, a.binding_weight))
-        elif a.status == CREATED:
-            created.append(Candidate(a.identity, a.binding_weight))
+        if a.status in (ASSIGNED, LEGACY_NO_STATE, CREATED):
+            yield a, a.identity
+
+
+def standard_assignment(pod: PodInfo, assigned: Iterable[AssignedIdentity], *, namespaced: bool) -> Assignment:
+    usable: list[Candidate] = []
+    created: list[Candidate] = []
+    for a, identity in pod_assignments(pod, assigned, namespaced=namespaced):
+        (created if a.status == CREATED else usable).append(Candidate(identity, a.binding_weight))
     return Assignment(assigned=tuple(ordered(usable)), created=tuple(ordered(created)))
 
 
@@ -181,3 +189,19 @@ def select(identities: Sequence[Identity], request: TokenRequest) -> list[Identi
     if request.object_id:
         return list(identities)
     return [i for i in identities if requested(i, request)]
+
+
+def denial(inactive: Sequence[Binding], now: float) -> str:
+    """The 403 description: the binding whose next window opens first. Names only, never annotation text."""
+    best: tuple[Binding, str, float] | None = None
+    for binding in inactive:
+        opening = next_opening(binding, now)
+        if opening is not None and (best is None or opening.at < best[2]):
+            best = (binding, opening.iso(), opening.at)
+    if best is not None:
+        return f"binding {best[0].namespace}/{best[0].name} is not active now; next window {best[1]}"
+    binding = inactive[0]
+    key = f"{binding.namespace}/{binding.name}"
+    if binding.windows_error:
+        return f"binding {key} is not active now; its {ACTIVE_WINDOWS_ANNOTATION} annotation is malformed"
+    return f"binding {key} is not active now; no window opens in the next {HORIZON_DAYS} days"
