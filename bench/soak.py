@@ -100,7 +100,7 @@ def inject(fakes: BenchFakes, rng: random.Random) -> str:
         "imds-reset": lambda: imds.fail_next(3, Fault(reset=True)),
         "imds-slow": lambda: imds.fail_next(5, Fault(status=0, delay=1.0)),
     }
-    fakes._call(actions[fault])
+    fakes.call(actions[fault])
     return fault
 
 
@@ -150,7 +150,7 @@ def run(seconds: float, *, out: Path, pods: int, callers: int, per_second: float
                 while time.monotonic() - began < seconds:
                     now = time.monotonic()
                     if now >= next_fault:
-                        fakes._call(lambda: setattr(fakes.api, "list_delay", 0.0))
+                        fakes.call(lambda: setattr(fakes.api, "list_delay", 0.0))
                         faults.append(inject(fakes, rng))
                         next_fault = now + rng.uniform(10, 30)
                     if now >= next_sample:

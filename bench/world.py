@@ -8,14 +8,11 @@ address the benchmark sends from is loopback.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from demo.world import kubeconfig
-from fakes.apiserver import FakeApiServer
-from fakes.imds import FakeImds, VmIdentity
+from fakes.background import BackgroundFakes, kubeconfig
+from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_assigned_identity, make_binding, make_identity, make_pod
 
 NODE = "bench-node"
@@ -50,24 +47,20 @@ def bulk_pods(start: int, stop: int) -> list[dict[str, Any]]:
             for i in range(start, stop)]
 
 
-class BenchFakes:
-    """FakeApiServer + FakeImds on a private event loop thread; always `stop()` (or use as a context manager)."""
+class BenchFakes(BackgroundFakes):
+    """The shared background fakes (fakes.background) holding the benchmark's world, with the kubeconfig and the
+    kubelet defaults nmi reads written in `workdir`. Always `stop()` (or use as a context manager)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.api = FakeApiServer(bookmark_interval=5.0)
-        self.imds = FakeImds([IDENTITY])
+        # Bookmarks as a real API server sends them; a minute per call on the fakes' loop, since filling it
+        # with tens of thousands of objects takes a while on a loaded machine.
+        super().__init__([IDENTITY], bookmark_interval=5.0, timeout=60.0)
         self.kubeconfig_path = workdir / "kubeconfig"
         self.kubelet_config_path = workdir / "kubelet"
-        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-fakes", daemon=True)
-        self._started = False
 
-    def start(self) -> "BenchFakes":
-        self._thread.start()
-        self._started = True
+    def start(self, *, api_port: int | None = 0) -> BenchFakes:
+        super().start(api_port=api_port)
         try:
-            self._run(self.api.start())
-            self._run(self.imds.start())
             self.kubeconfig_path.write_text(kubeconfig(self.api.url))
             # nmi refuses to start when it cannot tell the node is not kubenet, as upstream does.
             self.kubelet_config_path.write_text("KUBELET_FLAGS=--network-plugin=cni --max-pods=250\n")
@@ -76,34 +69,3 @@ class BenchFakes:
             self.stop()
             raise
         return self
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        async def on_loop() -> Any:
-            return fn()
-        return self._run(on_loop())
-
-    def put_all(self, objects: list[dict[str, Any]]) -> None:
-        self._call(lambda: [self.api.put(obj) for obj in objects])
-
-    def imds_token_requests(self) -> int:
-        return self._call(lambda: self.imds.token_requests)
-
-    def stop(self) -> None:
-        if not self._started:
-            return
-        try:
-            self._run(self.imds.stop())
-            self._run(self.api.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self._started = False
-
-    def __enter__(self) -> "BenchFakes":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -13,6 +13,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+from fakes import background
 from fakes.apiserver import FakeApiServer
 from fakes.imds import FakeImds
 from . import world
@@ -25,7 +26,7 @@ async def serve(pod_ips: list[str], imds_host: str, imds_port: int, kubeconfig: 
     imds = FakeImds(world.vm_identities())
     url = await api.start("127.0.0.1", api_port)
     await imds.start(imds_host, imds_port)
-    kubeconfig.write_text(world.kubeconfig(url))
+    kubeconfig.write_text(background.kubeconfig(url))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

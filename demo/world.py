@@ -58,23 +58,3 @@ def cluster_objects(pods: list[DemoPod]) -> list[dict]:
             labels["aadpodidbinding"] = pod.identity.removesuffix("-id")
         objects.append(make_pod(pod.name, NAMESPACE, pod.ip, NODE, labels=labels))
     return objects
-
-
-def kubeconfig(server_url: str) -> str:
-    return f"""apiVersion: v1
-kind: Config
-clusters:
-- name: demo
-  cluster:
-    server: {server_url}
-users:
-- name: nmi
-  user:
-    token: demo-token
-contexts:
-- name: demo
-  context:
-    cluster: demo
-    user: nmi
-current-context: demo
-"""

@@ -30,7 +30,7 @@ from .fake_jwt import b64url, b64url_decode, unsigned_jwt
 from .imds import Fault
 from .pki import CertificateAuthority
 from .sa_issuer import verified_claims
-from .serving import FakeSite
+from .serving import FakeSite, Served
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
@@ -57,7 +57,7 @@ def _error(status: int, error: str, description: str) -> web.Response:
                               "trace_id": str(uuid.uuid4())}, status=status)
 
 
-class FakeAad:
+class FakeAad(Served):
     def __init__(self, *, token_lifetime: int = 3599, clock: Callable[[], float] = time.time) -> None:
         self.pki = CertificateAuthority.create()
         self.token_lifetime = token_lifetime

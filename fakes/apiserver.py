@@ -45,7 +45,7 @@ from .kubeobjects import (  # noqa: F401 - re-exported for tests and the demo
 )
 from .nodes import FakeNodes
 from .sa_issuer import ServiceAccountIssuer, rfc3339
-from .serving import FakeSite
+from .serving import FakeSite, Served
 
 log = logging.getLogger(__name__)
 CRD_PREFIX = "/apis/aadpodidentity.k8s.io/v1"
@@ -70,7 +70,7 @@ class _Fault:
     verb: str | None
 
 
-class FakeApiServer:
+class FakeApiServer(Served):
     def __init__(self, *, bookmark_interval: float | None = 5.0, token: str | None = None,
                  expire_with_http_410: bool = False) -> None:
         self.state = ClusterState()
@@ -108,8 +108,10 @@ class FakeApiServer:
         self.url = f"http://{bound_host}:{bound_port}"
         return self.url
 
-    async def stop(self) -> None:
-        self.close_watches()
+    async def stop(self, *, close_watches: bool = True) -> None:
+        """Ends open watch streams cleanly (unless the caller cut them, as a dead server does) and stops listening."""
+        if close_watches:
+            self.close_watches()
         await self._site.stop()
 
     # -- test controls -------------------------------------------------------------------------------

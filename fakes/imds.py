@@ -17,7 +17,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from .fake_jwt import unsigned_jwt
-from .serving import FakeSite
+from .serving import FakeSite, Served
 
 TOKEN_PATH = "/metadata/identity/oauth2/token"
 
@@ -66,7 +66,7 @@ def _error(status: int, error: str, description: str) -> web.Response:
     return web.json_response({"error": error, "error_description": description}, status=status)
 
 
-class FakeImds:
+class FakeImds(Served):
     def __init__(self, identities: list[VmIdentity] | None = None, *, token_lifetime: int = 3599,
                  clock: Callable[[], float] = time.time) -> None:
         self.identities = list(identities or [])

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from aiohttp import web
+
+
+class Served:
+    """`async with fake:` serves it on a free loopback port and stops it on the way out, also when the body fails
+    (for the fakes with `start()` and `stop()`)."""
+
+    async def __aenter__(self) -> Any:
+        await self.start()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()  # type: ignore[attr-defined]
 
 
 class FakeSite:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import COMPONENTS, find_one, render_overlay, write_overlay_with_components
-from .kustomize_render import Manifest, render_kustomization
+from .conftest import COMPONENTS, find_one, render_kustomization, render_overlay, write_overlay_with_components
+from .crd_schema import Manifest
 
 NODE = "aks-nodepool1-12345678-vmss000000"
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")

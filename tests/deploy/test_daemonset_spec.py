@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import find_one, render_overlay
-from .kustomize_render import Manifest
+from .crd_schema import Manifest
 
 
 @pytest.fixture

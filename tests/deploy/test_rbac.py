@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import OVERLAYS, find_one, render_overlay, write_overlay_with_components
-from .kustomize_render import Manifest, render_kustomization
+from .conftest import OVERLAYS, find_one, render_kustomization, render_overlay, write_overlay_with_components
+from .crd_schema import Manifest
 
 GROUP = "aadpodidentity.k8s.io"
 COMMON_GRANTS = {("", "pods", "list"), ("", "pods", "watch"),

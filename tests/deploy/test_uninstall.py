@@ -8,8 +8,7 @@ import pytest
 
 from nmi import cleanup
 
-from .conftest import DAEMONSET_DIR, find_one, render_overlay
-from .kustomize_render import render_kustomization
+from .conftest import DAEMONSET_DIR, find_one, render_kustomization, render_overlay
 from .test_daemonset_args import container_argv_and_environment
 
 

@@ -3,11 +3,12 @@ import sys
 
 import pytest
 
+from demo.netns import REPO, Topology
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 
-from demo.netns import REPO, Topology
-from tests.e2e.harness import NmiProcess, serving_fakes
+from tests.e2e.harness import NmiProcess
 
 NODE = "e2e-node"
 NS = "e2e"
@@ -37,7 +38,8 @@ def managed_world() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fakes():
-    with serving_fakes([A, B, C, NODE_IDENTITY], managed_world()) as fakes:
+    with BackgroundFakes([A, B, C, NODE_IDENTITY]) as fakes:
+        fakes.put_all(managed_world())
         yield fakes
 
 

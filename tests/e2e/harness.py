@@ -1,63 +1,21 @@
-"""Black-box harness: the real nmi process on loopback, fakes of the API server and IMDS in a background
-thread of the test process (so tests can change the cluster while nmi runs), and plain HTTP callers that pick
-their source address in 127.0.0.0/8 to play different pods."""
+"""Black-box harness: the real nmi process on loopback, against fakes of the API server and IMDS in a background
+thread of the test process (fakes.background.BackgroundFakes, so tests can change the cluster while nmi runs),
+and plain HTTP callers that pick their source address in 127.0.0.0/8 to play different pods."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from demo.world import kubeconfig
-from fakes.apiserver import FakeApiServer
-from fakes.imds import FakeImds, VmIdentity
+from fakes.background import BackgroundFakes, kubeconfig
 from fakes.ports import unused_ports
-
-
-class BackgroundFakes:
-    """FakeApiServer + FakeImds on their own event loop thread; `call(fn)` runs fn on that loop."""
-
-    def __init__(self, vm_identities: list[VmIdentity]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.api = FakeApiServer(bookmark_interval=1.0)
-        self.imds = FakeImds(vm_identities)
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fakes", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self.run(self.api.start())
-        self.run(self.imds.start())
-
-    def run(self, coro) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        async def wrapper():
-            return fn()
-        return self.run(wrapper())
-
-    def put(self, obj: dict) -> None:
-        self.call(lambda: self.api.put(obj))
-
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        self.call(lambda: self.api.delete(kind, namespace, name))
-
-    def stop(self) -> None:
-        try:
-            self.run(self.imds.stop())
-            self.run(self.api.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
 
 
 @dataclass
@@ -70,19 +28,6 @@ class Answer:
     def json(self) -> Any:
         return json.loads(self.body)
 
-
-
-@contextmanager
-def serving_fakes(identities: list[VmIdentity], objects: Iterable[dict] = ()) -> Iterator[BackgroundFakes]:
-    """Fakes running in the background, holding `objects`; stopped on exit, also when a test fails."""
-    fakes = BackgroundFakes(identities)
-    fakes.start()
-    try:
-        for obj in objects:
-            fakes.put(obj)
-        yield fakes
-    finally:
-        fakes.stop()
 
 class NmiProcess:
     def __init__(self, tmp: Path, fakes: BackgroundFakes, *, node: str, extra: list[str],

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from demo.netns import REPO
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 A = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa")
 

@@ -4,10 +4,11 @@ import socket
 
 import pytest
 
+from fakes.background import BackgroundFakes
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 from tests.e2e.conftest import A, NODE_IDENTITY
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NODE = "flags-node"
 NS = "flags"

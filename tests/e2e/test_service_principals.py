@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fakes.aad import FakeAad
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_binding, make_identity, make_pod, make_secret
 from fakes.pki import new_key, pkcs12_bundle, self_signed_certificate, with_mac_iterations
 
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NODE, NS = "sp-node", "sp"
 TENANT, AUX1, AUX2 = "tenant-main", "tenant-aux-1", "tenant-aux-2"

@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 
-from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
+from tests.e2e.harness import Answer, NmiProcess
 
 NODE = "stale-node"
 VICTIM = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa")

@@ -6,11 +6,12 @@ import time
 
 import pytest
 
+from fakes.background import BackgroundFakes
 from fakes.kubeobjects import (make_assigned_identity, make_binding, make_deployment, make_exception,
                                    make_identity, make_pod, make_replicaset)
 
 from tests.e2e.conftest import A, B, C, NODE_IDENTITY
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NODE = "std-node"
 NS = "std"

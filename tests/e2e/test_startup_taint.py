@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 
+from fakes.background import BackgroundFakes
 from fakes.nodes import make_node
 
 from tests.e2e.conftest import NODE_IDENTITY
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NODE = "taint-node"
 KEY = "aadpodidentity.k8s.io/nmi-not-ready"

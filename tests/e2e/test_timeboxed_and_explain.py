@@ -10,11 +10,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from fakes.background import BackgroundFakes
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 from nmi.windows import DAY_NAMES
 
 from tests.e2e.conftest import A, NODE, NODE_IDENTITY
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NS = "tb"
 IN_THREE_DAYS = datetime.now(timezone.utc).date() + timedelta(days=3)

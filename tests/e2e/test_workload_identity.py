@@ -7,10 +7,11 @@ import json
 import pytest
 
 from fakes.aad import TOKEN_EXCHANGE_AUDIENCE, FakeAad
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from fakes.kubeobjects import make_binding, make_identity, make_pod, make_service_account
 
-from tests.e2e.harness import BackgroundFakes, NmiProcess
+from tests.e2e.harness import NmiProcess
 
 NODE, NS, TENANT = "wi-node", "wi", "tenant-wi"
 WI_CLIENT_ID = "f00df00d-0000-4000-8000-00000000f00d"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import BackgroundFakes
-from tests.faults.harness import REPORT, FaultyNmi, start_fakes
+from fakes.background import BackgroundFakes
+
+from tests.faults.harness import REPORT, FaultyNmi
 from tests.faults.world import MANAGED_FLAGS, NODE, X, Y, base_objects
 
 
@@ -19,12 +20,9 @@ def fakes():
 
 @pytest.fixture(scope="module")
 def shared_fakes():
-    fakes = BackgroundFakes([X, Y])
-    start_fakes(fakes)
-    for obj in base_objects():
-        fakes.put(obj)
-    yield fakes
-    fakes.stop()
+    with BackgroundFakes([X, Y]) as fakes:
+        fakes.put_all(base_objects())
+        yield fakes
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from demo.world import kubeconfig
+from fakes.background import BackgroundFakes, kubeconfig
 from fakes.ports import unused_port
 
-from tests.e2e.harness import Answer, BackgroundFakes, NmiProcess
+from tests.e2e.harness import Answer, NmiProcess
 
 T = TypeVar("T")
 # Answers nmi may give a pod besides 200 (SPEC §2), and which of them must carry Retry-After.
@@ -120,24 +120,6 @@ class FaultyNmi(NmiProcess):
 
 def free_api_port() -> int:
     return unused_port()
-
-
-def start_fakes(fakes: BackgroundFakes, *, api_port: int | None = 0) -> None:
-    """Start the fakes' loop and IMDS; the API server too unless `api_port` is None (it starts later)."""
-    fakes._thread.start()
-    fakes.run(fakes.imds.start())
-    if api_port is not None:
-        fakes.run(fakes.api.start(port=api_port))
-
-
-def start_api(fakes: BackgroundFakes, port: int) -> None:
-    fakes.run(fakes.api.start(port=port))
-
-
-def stop_api(fakes: BackgroundFakes) -> None:
-    """The API server goes away mid-watch: streams are cut (no clean end), then the socket closes."""
-    fakes.call(fakes.api.cut_watches)
-    fakes.run(fakes.api._site.stop())
 
 
 WATCHED = ("pods", "azureidentities", "azureidentitybindings", "azurepodidentityexceptions")

@@ -38,24 +38,16 @@ def managed(n: int) -> Identity:
 
 @pytest.fixture
 async def imds() -> AsyncIterator[FakeImds]:
-    fake = FakeImds(VM_IDENTITIES)
-    await fake.start()
-    try:
+    async with FakeImds(VM_IDENTITIES) as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture
 async def aad(tmp_path, monkeypatch) -> AsyncIterator[FakeAad]:
-    fake = FakeAad()
-    await fake.start()
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
-    fake.register_secret_app("tenant-f", "sp-client", SECRET)
-    try:
+    async with FakeAad() as fake:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "ca.pem")))
+        fake.register_secret_app("tenant-f", "sp-client", SECRET)
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from fakes.aad import FakeAad
 from fakes.imds import Fault
 from fakes.kubeobjects import make_binding, make_identity, make_secret
 
-from tests.faults.harness import REPORT, FaultyNmi, assert_documented, eventually, start_fakes, token_claims
+from tests.faults.harness import REPORT, FaultyNmi, assert_documented, eventually, token_claims
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
 
 SEED = int(os.environ.get("NMI_CHAOS_SEED", "11"))
@@ -187,7 +187,7 @@ class Schedule:
 
 def test_chaos_invariant_holds_for_every_answer_and_nmi_converges(fakes, tmp_path):
     rng = random.Random(SEED)
-    start_fakes(fakes)
+    fakes.start()
     aad = FakeAad()
     fakes.run(aad.start())
     aad.register_secret_app(SP_TENANT, SP_CLIENT_ID, SP_SECRET)

@@ -14,8 +14,7 @@ from urllib.parse import urlencode
 from fakes.imds import Fault
 from fakes.kubeobjects import make_binding, make_identity
 
-from tests.faults.harness import (RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle,
-                                  start_api, start_fakes, stop_api)
+from tests.faults.harness import RECOVERY, FaultyNmi, assert_documented, eventually, free_api_port, settle
 from tests.faults.world import MANAGED_FLAGS, NODE, NS, X, Y, base_objects, pod
 
 
@@ -40,7 +39,7 @@ def client_id(nmi, source: str) -> str | None:
 
 def test_api_server_down_at_start_nmi_stays_up_answers_503_and_recovers_by_itself(fakes, tmp_path):
     api_port = free_api_port()
-    start_fakes(fakes, api_port=None)
+    fakes.start(api_port=None)
     for obj in [*base_objects(), pod("web", "127.0.0.11", "x")]:
         fakes.put(obj)
     nmi = FaultyNmi(tmp_path, fakes, node=NODE, extra=MANAGED_FLAGS, api_port=api_port)
@@ -55,7 +54,7 @@ def test_api_server_down_at_start_nmi_stays_up_answers_503_and_recovers_by_itsel
             assert_documented(answer)
         assert nmi.proc.poll() is None
 
-        start_api(fakes, api_port)
+        fakes.start_api(api_port)
         nmi.wait_ready(timeout=RECOVERY)
         assert eventually(lambda: client_id(nmi, "127.0.0.11") == X.client_id, timeout=5)
     finally:
@@ -63,7 +62,7 @@ def test_api_server_down_at_start_nmi_stays_up_answers_503_and_recovers_by_itsel
 
 
 def test_slow_crd_list_at_start_gives_503_and_readyz_names_the_cache(fakes, tmp_path):
-    start_fakes(fakes)
+    fakes.start()
     for obj in [*base_objects(), pod("web", "127.0.0.11", "x")]:
         fakes.put(obj)
     fakes.call(lambda: setattr(fakes.api, "slow_resources", frozenset({"azureidentitybindings"})))
@@ -80,7 +79,7 @@ def test_slow_crd_list_at_start_gives_503_and_readyz_names_the_cache(fakes, tmp_
 
 
 def test_a_relabelled_pod_never_gets_its_old_identity_while_the_watch_is_broken(fakes, tmp_path):
-    start_fakes(fakes)  # its own nmi: the watch stays broken for a while, its backoff must not reach other tests
+    fakes.start()  # its own nmi: the watch stays broken for a while, its backoff must not reach other tests
     for obj in [*base_objects(), pod("web-stale", "127.0.0.91", "x")]:
         fakes.put(obj)
     nmi = FaultyNmi(tmp_path, fakes, node=NODE, extra=MANAGED_FLAGS)
@@ -193,10 +192,10 @@ def test_ip_reuse_across_a_cut_watch_never_hands_the_old_pods_identity(running, 
 
     # The same again while the watch is down: the old pod goes, a new one takes its IP, nobody is told.
     api_port = int(fakes.api.url.rsplit(":", 1)[1])
-    stop_api(fakes)
+    fakes.stop_api()
     fakes.call(lambda: fakes.api.delete("Pod", NS, "new", notify=False))
     fakes.call(lambda: fakes.api.put(pod("newer", "127.0.0.51", "x"), notify=False))
-    start_api(fakes, api_port)
+    fakes.start_api(api_port)
     assert eventually(lambda: client_id(nmi, "127.0.0.51") == X.client_id, timeout=RECOVERY)
     # A completed pod's IP passes to its successor without a restart of anything.
     fakes.put(pod("newer", "127.0.0.51", "x", phase="Succeeded"))
@@ -212,10 +211,10 @@ def test_restart_cut_streams_and_repeated_410_converge_on_the_cluster_as_it_is(r
     api_port = int(fakes.api.url.rsplit(":", 1)[1])
 
     # 1. The API server restarts mid-watch; while it is away the pod is relabelled (nobody is told).
-    stop_api(fakes)
+    fakes.stop_api()
     fakes.call(lambda: fakes.api.put(pod("web-restart", "127.0.0.21", "y"), notify=False))
     assert client_id(nmi, "127.0.0.21") in (X.client_id, Y.client_id, None)  # old, new, or 503: never a third
-    start_api(fakes, api_port)
+    fakes.start_api(api_port)
     assert eventually(lambda: client_id(nmi, "127.0.0.21") == Y.client_id, timeout=RECOVERY)
     nmi.wait_ready(timeout=RECOVERY)
 

@@ -21,7 +21,7 @@ from demo import world
 from demo.netns import REPO, Topology, netns_unavailable
 from fakes.imds import Fault
 
-from tests.faults.harness import FaultyNmi, assert_documented, eventually, start_fakes
+from tests.faults.harness import FaultyNmi, assert_documented, eventually
 from tests.faults.world import MANAGED_FLAGS, NODE, X, base_objects, pod
 
 POD_IP = "127.0.0.71"
@@ -29,7 +29,7 @@ GRACE = 30  # the DaemonSet's terminationGracePeriodSeconds
 
 
 def test_sigterm_with_requests_in_flight_answers_each_completely_and_exits_0(fakes, tmp_path):
-    start_fakes(fakes)
+    fakes.start()
     for obj in [*base_objects(), pod("inflight", POD_IP, "x")]:
         fakes.put(obj)
     nmi = FaultyNmi(tmp_path, fakes, node=NODE, extra=MANAGED_FLAGS)

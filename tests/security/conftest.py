@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fakes.background import BackgroundFakes
 from fakes.imds import VmIdentity
 from tests.e2e.conftest import A, B, C, NODE, NODE_IDENTITY, managed_world
-from tests.e2e.harness import NmiProcess, serving_fakes
+from tests.e2e.harness import NmiProcess
 
 BOUND_POD = "127.0.0.1"  # pod "app": bound to identities a and b
 NO_IDENTITY_POD = "127.0.0.2"  # pod "other": runs on the node, matches no binding
@@ -18,7 +19,8 @@ DAEMON_FLAGS = ["--operation-mode=managed", "--forceNamespaced", "--block-instan
 
 @pytest.fixture(scope="package")
 def fakes():
-    with serving_fakes([A, B, C, NODE_IDENTITY, VM_IDENTITY], managed_world()) as fakes:
+    with BackgroundFakes([A, B, C, NODE_IDENTITY, VM_IDENTITY]) as fakes:
+        fakes.put_all(managed_world())
         yield fakes
 
 
