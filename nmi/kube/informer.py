@@ -296,12 +296,12 @@ class Informer:
             self._wakeup_pending = False
             if handoff:  # queued between the check and the clear, and the thread saw the flag still set
                 self._wakeup_pending = True
-                self._loop.call_soon(self._drain)
+                asyncio.get_running_loop().call_soon(self._drain)
             return
         while handoff:
             callback, args = handoff.popleft()
             self._on_loop(callback, args)
-        self._loop.call_later(COALESCE_SECONDS, self._drain)
+        asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._drain)
 
     def _on_loop(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:

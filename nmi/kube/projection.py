@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from sys import intern
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..model import (
     EMPTY,
@@ -243,7 +243,7 @@ def _exception(raw: Any) -> PodIdentityException:
     )
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
     # dict first: what JSON gives us, and ~5x cheaper than the ABC check every other mapping needs.
     return isinstance(value, dict) or isinstance(value, Mapping)
 
