@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -129,7 +129,8 @@ class GuardedRequestHandler(RequestHandler):
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
         if not self._limits.admit(self._source, self):
-            transport.abort()  # reset at once: the descriptor is freed now, not after a close handshake
+            # Reset at once: the descriptor is freed now, not after a close handshake (a stream server's transport).
+            cast(asyncio.Transport, transport).abort()
             log.debug("connection from %s refused: %d open from it, %d in all", self._source,
                       self._limits.held_by(self._source), self._limits.open)
             return

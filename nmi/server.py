@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 import aiohttp
 from aiohttp import web
@@ -52,9 +52,10 @@ def caller_ip(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
         return ""
-    if ":" not in peer[0]:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
-        return peer[0]
-    address = ipaddress.ip_address(peer[0])
+    host: str = peer[0]
+    if ":" not in host:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
+        return host
+    address = ipaddress.ip_address(host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return str(address)
@@ -88,7 +89,8 @@ def failure_response(failure: Exception, *, where: str) -> web.Response:
 
 
 @web.middleware
-async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def errors_as_imds_json(request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except Exception as failure:
@@ -138,7 +140,7 @@ async def observed(request: web.Request, route: Route, handler: TokenHandler) ->
     """Runs a token handler and reports every request, including failed ones, to the observer."""
     started = time.perf_counter()
     seen = Seen()
-    drain, task = request.app[DRAIN], asyncio.current_task()
+    drain, task = request.app[DRAIN], cast("asyncio.Task[Any]", asyncio.current_task())  # a handler runs in a task
     drain.in_flight.add(task)
     try:
         response = await handler(request, seen)
@@ -224,7 +226,7 @@ def probe_app(state: DaemonState, *, explain: Explain | None = None) -> web.Appl
 EXPLAIN_PARAMETERS = ("namespace", "pod", "resource", "client_id", "msi_res_id", "mi_res_id")
 
 
-def _explain_handler(explain: Explain):
+def _explain_handler(explain: Explain) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The probe port listens on every address (the kubelet probes it): only callers on the node's loopback may
     ask, since the answer describes other pods' identities."""
 
