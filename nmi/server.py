@@ -82,10 +82,10 @@ def failure_response(failure: Exception, *, where: str) -> web.Response:
     if isinstance(failure, web.HTTPException):
         if failure.status < 400:
             raise failure
-        return error_response(http_error(failure.status, failure.reason))
+        return error_response(imds.error_for_status(failure.status, failure.reason))
     # A bug: answer, log with traceback, keep serving.
     log.error("internal error handling %s", where, exc_info=failure)
-    return error_response(NmiError("Internal error; see the nmi log"))
+    return error_response(imds.error_for_status(500))
 
 
 @web.middleware
@@ -97,19 +97,13 @@ async def errors_as_imds_json(request: web.Request,
         return failure_response(failure, where=f"{request.method} {request.path}")
 
 
-def http_error(status: int, reason: str) -> NmiError:
-    error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
-    error.status = status
-    return error
-
-
 async def expect_only_continue(request: web.Request) -> web.Response | None:
     """aiohttp's default expect handler, except that an unknown `Expect` gets IMDS JSON (the default answers
     a text 417 before any middleware runs)."""
     if request.version != aiohttp.HttpVersion11:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return error_response(http_error(417, "Only Expect: 100-continue is understood"))
+        return error_response(imds.error_for_status(417, "Only Expect: 100-continue is understood"))
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp's default does: the interim answer is not the response
     return None
