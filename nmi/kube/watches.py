@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from ..cache import IdentityIndex
-from ..identities.rules import MIC_DEPLOYMENT
+from ..model import MIC_DEPLOYMENT
 from ..pod_index import PodIndex
 from ..workloads import WorkloadIndex
 from .informer import Informer, WatchTarget
