@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .errors import BackendUnavailable, IptablesError
 from .failclosed import (REJECT, NodeRules, Transaction, closed_transaction, open_transaction, reject_rule,
@@ -63,19 +63,19 @@ class LegacyBackend:
             return self._refreshed_state(spec)
 
     def converge(self, spec: ChainSpec) -> Transaction:
-        return self._apply(open_transaction, spec)
+        return self._apply(lambda actual: open_transaction(actual, spec), spec)
 
     def fail_closed(self, spec: ChainSpec) -> Transaction:
-        return self._apply(closed_transaction, spec)
+        return self._apply(lambda actual: closed_transaction(actual, spec), spec)
 
     def remove(self) -> Transaction:
-        return self._apply(lambda actual, _: removal_transaction(actual), None)
+        return self._apply(removal_transaction, None)
 
     # -- internals; all run with the mutex held --
 
-    def _apply(self, planner, spec: ChainSpec | None) -> Transaction:
+    def _apply(self, planner: Callable[[NodeRules], Transaction], spec: ChainSpec | None) -> Transaction:
         with self._mutex, self._lock.held():
-            wanted = planner(self._refreshed_state(spec), spec)
+            wanted = planner(self._refreshed_state(spec))
             for step in wanted.steps:  # in order: one commit per table, the new protection first (failclosed.py)
                 self._commit(step, spec)
             return wanted

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import BackendUnavailable, IptablesError
 from .failclosed import REJECT, NodeRules, Transaction, closed_transaction, open_transaction, removal_transaction
 from .lock import XtablesLock
-from .rules import NAT, Plan, parse_save
+from .rules import NAT, ChainSpec, Plan, parse_save
 
 
 def render_restore(wanted: Plan) -> str:
@@ -67,21 +67,21 @@ class NftBackend:
         except IptablesError as exc:
             raise BackendUnavailable(f"iptables backend nft unusable: {exc}") from exc
 
-    def read(self, spec=None) -> NodeRules:
+    def read(self, spec: ChainSpec | None = None) -> NodeRules:
         # One save of every table: iptables-nft reads the ruleset under one nf_tables generation, a consistent view.
         text = self._run(self._save)
         return NodeRules(nat=parse_save(text, table=NAT.table), filter=parse_save(text, table=REJECT.table))
 
-    def converge(self, spec) -> Transaction:
+    def converge(self, spec: ChainSpec) -> Transaction:
         return self._apply(lambda actual: open_transaction(actual, spec))
 
-    def fail_closed(self, spec) -> Transaction:
+    def fail_closed(self, spec: ChainSpec) -> Transaction:
         return self._apply(lambda actual: closed_transaction(actual, spec))
 
     def remove(self) -> Transaction:
         return self._apply(removal_transaction)
 
-    def _apply(self, planner) -> Transaction:
+    def _apply(self, planner: Callable[[NodeRules], Transaction]) -> Transaction:
         with self._lock.held():
             wanted = planner(self.read())
             if not wanted.is_empty:

@@ -196,7 +196,7 @@ def parse_save(text: str, *, table: str = TABLE) -> ActualState:
         elif line.startswith("-A "):
             _, chain, *rest = line.split(" ", 2)
             chains.setdefault(chain, []).append(rest[0] if rest else "")
-    return ActualState(chains)
+    return ActualState({name: tuple(rules) for name, rules in chains.items()})
 
 
 def count_rules(save_output: str) -> int:

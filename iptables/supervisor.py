@@ -86,7 +86,8 @@ async def supervise(
                 delay = interval
             except IptablesError as exc:
                 failures += 1
-                delay = min(retry_initial * 2 ** (failures - 1), retry_max)
+                # Bounded doubling: 2**(failures - 1) overflows a float after ~1025 failures in a row.
+                delay = min(retry_initial * 2.0 ** min(failures - 1, 64), retry_max)
                 logger.warning("iptables check failed (attempt %d, retrying in %.1fs): %s", failures, delay, exc)
                 report(False)
             await _pause(stop, delay, sleep)
@@ -125,7 +126,7 @@ async def _with_retries(change: Callable[[], Transaction], done: str, *, attempt
             if attempt == attempts:
                 raise
             logger.warning("iptables chain could not be %s (attempt %d): %s", done, attempt, exc)
-            await sleep(pause * 2 ** (attempt - 1))
+            await sleep(pause * 2.0 ** (attempt - 1))  # attempts are few: no overflow
 
 
 async def _pause(stop: asyncio.Event, seconds: float, sleep: Sleep) -> None:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .logs import (_ACCESS_CALLER_FIELDS, ACCESS_LOGGER, json_line, _text_value, _timestamp, redact_client_id,
                    scrub_value)
@@ -47,7 +47,7 @@ class AccessWriter:
     flush per iteration instead of per request); anywhere else a line is written at once. Any other record the
     handler emits on the loop's thread flushes the waiting lines first, so the stream keeps the order."""
 
-    def __init__(self, handler: logging.Handler, *, json_lines: bool) -> None:
+    def __init__(self, handler: logging.StreamHandler[TextIO], *, json_lines: bool) -> None:
         self.handler = handler
         self.json_lines = json_lines
         self.pending: list[str] = []

@@ -10,14 +10,14 @@ import functools
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
 from . import __version__
 from .audit import REASON_INVALID_ACTIVE_WINDOWS, AuditRecorder
 from .broker import MANAGED, BrokerPolicy, TokenBroker
 from .cache import IdentityIndex
 from .cli import Settings
-from .kube.client import KubeConfigError, build_api_client
+from .kube.client import ApiClient, KubeConfigError, build_api_client
 from .kube.events import KubeEventWriter
 from .kube.reads import KubeSecretReader, LivePodLookup
 from .kube.tokenrequests import KubeServiceAccountTokens
@@ -26,6 +26,7 @@ from .freshness import CacheHealth
 from .explain import Explainer
 from .loop_lag import watch_loop_lag
 from .metrics import KUBE_GET_POD_LIST, KUBE_GET_SECRET, Metrics
+from .model import Binding
 from .observer import AccessObserver, TokenObserver
 from .pod_index import PodIndex
 from .proxy import ImdsProxy
@@ -37,7 +38,7 @@ from .tokens.config import ImdsEndpoint, UpstreamHooks
 from .tokens.credential_policy import CredentialPolicy
 from .tokens.credentials import ParserProcess
 from .tokens.service import TokenService
-from .window_reports import WindowErrorReporter
+from .window_reports import WarnBinding, WindowErrorReporter
 from .workloads import WorkloadIndex
 
 log = logging.getLogger("nmi")
@@ -47,6 +48,9 @@ class StartupError(Exception):
     """A configuration or environment problem found at start: one line, exit 1, no traceback."""
 
 
+RootTask = Callable[[], Coroutine[Any, Any, object]]
+
+
 @dataclass
 class Parts:
     broker: TokenBroker
@@ -54,12 +58,12 @@ class Parts:
     metrics: Metrics
     observer: AccessObserver
     server_config: TokenServerConfig
-    root_tasks: dict[str, Callable[[], Coroutine]]  # started only once the servers listen
-    chain_task: Callable[[asyncio.Event], Awaitable[None]] | None
+    root_tasks: dict[str, RootTask]  # started only once the servers listen
+    chain_task: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None
     explainer: Explainer | None = None  # /explain on the probe port
 
 
-def _restart_hook(metrics: Metrics):
+def _restart_hook(metrics: Metrics) -> Callable[[str, str], None]:
     def on_restart(resource: str, reason: str) -> None:
         metrics.watch_restarted(resource, reason)
         if reason == "expired":  # a 410: the informer lists again
@@ -124,7 +128,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     stack.push_async_callback(proxy.close)
 
     audit = None
-    root_tasks: dict[str, Callable[[], Coroutine]] = {}
+    root_tasks: dict[str, RootTask] = {}
     if settings.audit_events:
         writer = KubeEventWriter(api_client)
         stack.callback(writer.close)
@@ -136,10 +140,9 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     root_tasks["caches-synced"] = functools.partial(log_when_synced, [i.synced for i in informers])
     root_tasks["forget-vanished-identities"] = functools.partial(forget_vanished_identities, catalog, tokens)
     root_tasks["event-loop-lag"] = functools.partial(watch_loop_lag, metrics.set_event_loop_lag)
-    warn = None
+    warn: WarnBinding | None = None
     if audit is not None:
-        def warn(binding, message, audit=audit):
-            audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
+        warn = functools.partial(_warn_invalid_windows, audit)
     reporter = WindowErrorReporter(set_gauge=metrics.set_binding_window_errors, warn=warn)
     root_tasks["binding-window-errors"] = functools.partial(report_window_errors, catalog, reporter)
     if settings.node_startup_taint:
@@ -153,7 +156,12 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
                  explainer=Explainer(broker, pods, state, cached_tokens=tokens.cached_tokens))
 
 
-def _startup_taint_task(settings: Settings, state: DaemonState, api_client, stack: AsyncExitStack):
+def _warn_invalid_windows(audit: AuditRecorder, binding: Binding, message: str) -> None:
+    audit.warn(binding.namespace, binding.name, reason=REASON_INVALID_ACTIVE_WINDOWS, message=message)
+
+
+def _startup_taint_task(settings: Settings, state: DaemonState, api_client: ApiClient,
+                        stack: AsyncExitStack) -> RootTask:
     from .kube.nodes import KubeNodeTaints
     from .startup_taint import remove_startup_taint
 
@@ -174,7 +182,8 @@ def _node_problem(settings: Settings) -> str | None:
     return check_kubenet(settings.kubelet_config, allow=settings.allow_kubenet)
 
 
-def _chain(settings: Settings, state: DaemonState, metrics: Metrics):
+def _chain(settings: Settings, state: DaemonState,
+           metrics: Metrics) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     from iptables.detect import detect_backend
     from iptables.errors import BackendUnavailable
     from iptables.node import delete_conntrack

@@ -10,6 +10,7 @@ adapter lives in `nmi.kube.events`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -135,10 +136,10 @@ class AuditRecorder:
                         overflow, self._cap)
             self._dropped(overflow, "overflow")
         written = 0
-        events = [lambda key=key, tally=tally: self.event(key, count=tally.count, first=tally.first, last=tally.last)
-                  for key, tally in pending.items()]
-        events += [lambda key=key, message=message: self.warning_event(*key, message=message)
-                   for key, message in warnings.items()]
+        events: list[Callable[[], dict[str, Any]]] = [
+            functools.partial(self.event, key, count=tally.count, first=tally.first, last=tally.last)
+            for key, tally in pending.items()]
+        events += [functools.partial(self.warning_event, *key, message=message) for key, message in warnings.items()]
         for position, build in enumerate(events):
             event = build()
             try:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 Random = Callable[[], float]  # uniform in [0, 1), as random.random
+# Past 2**64 any base has long reached any cap. Without this bound 2**(failures - 1) overflows a float after
+# ~1025 failures in a row (an API server down for hours), and the watch or the taint task died of OverflowError.
+MAX_DOUBLINGS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,7 @@ class Backoff:
 
     def delay(self, failures: int, rand: Random = random.random) -> float:
         """The pause after the `failures`-th failure in a row (1 for the first; 0 counts as 1)."""
-        ceiling = min(self.cap, self.base * 2 ** max(0, failures - 1))
+        ceiling = min(self.cap, self.base * 2.0 ** min(max(0, failures - 1), MAX_DOUBLINGS))
         low, high = self.jitter
         if low == high:
             return ceiling * low

@@ -13,7 +13,16 @@ from typing import Callable, Generic, Hashable, Iterable, Protocol, TypeVar
 
 from .model import AssignedIdentity, Binding, Identity, PodIdentityException, ServiceAccount
 
-T = TypeVar("T")
+class Named(Protocol):
+    """What ObjectStore keys its objects by (the frozen model types: read-only attributes)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=Named)
 T_contra = TypeVar("T_contra", contravariant=True)
 
 

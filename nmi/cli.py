@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import NoReturn, Sequence
+from typing import Callable, Mapping, NoReturn, Sequence
 
 from . import __version__, klog_flags
 from .klog_flags import parse_bool
@@ -149,7 +149,7 @@ def parse_taint_key(text: str) -> str:
     return key
 
 
-def choice(*allowed: str):
+def choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         lowered = text.strip().lower()
         if lowered not in allowed:
@@ -164,8 +164,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _typed(parse, flag: str):
-    def convert(text: str):
+def _typed(parse: Callable[[str], object], flag: str) -> Callable[[str], object]:
+    def convert(text: str) -> object:
         try:
             return parse(text)
         except (ValueError, TypeError) as exc:
@@ -179,9 +179,10 @@ def _build_parser() -> _Parser:
     p = _Parser(prog="nmi", description="Node-level Azure token broker (drop-in for aad-pod-identity NMI)",
                 epilog=klog_flags.help_epilog(), allow_abbrev=False)
 
-    metavars = {parse_port: "PORT", parse_ip: "IP", parse_positive: "N", parse_non_negative: "N"}
+    metavars: dict[Callable[[str], object], str] = {parse_port: "PORT", parse_ip: "IP", parse_positive: "N",
+                                                    parse_non_negative: "N"}
 
-    def flag(name: str, dest: str, parse, default, help_: str) -> None:
+    def flag(name: str, dest: str, parse: Callable[[str], object], default: object, help_: str) -> None:
         p.add_argument(f"--{name}", dest=dest, type=_typed(parse, f"--{name}"), default=default,
                        metavar=metavars.get(parse, "VALUE"), help=f"{help_} (default {default!r})")
 
@@ -245,9 +246,9 @@ def _normalise(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) -> Settings:
+def parse_args(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> Settings:
     """Parse flags; raises UsageError with a one-line message on bad input."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     try:
         args, flag_warnings = klog_flags.extract(_normalise(argv))
     except ValueError as exc:  # FlagRefused included: both name the flag
@@ -255,7 +256,7 @@ def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) ->
     ns = _build_parser().parse_args(args)
     if ns.version:
         raise VersionRequested()
-    force_namespaced = ns.force_namespaced or environ.get("FORCENAMESPACED") == "true"
+    force_namespaced = ns.force_namespaced or env.get("FORCENAMESPACED") == "true"
     if ns.operation_mode == "managed" and not force_namespaced:
         raise UsageError("flag --operation-mode=managed requires --forceNamespaced (managed mode is namespaced)")
     if ns.node_startup_taint and not ns.node:
@@ -263,7 +264,7 @@ def parse_args(argv: Sequence[str], *, environ: dict[str, str] | None = None) ->
     values = {k: v for k, v in vars(ns).items() if k != "version"}
     values["flag_warnings"] = tuple(flag_warnings)
     values["force_namespaced"] = force_namespaced
-    values["kubeconfig"] = ns.kubeconfig or environ.get("KUBECONFIG", "")
+    values["kubeconfig"] = ns.kubeconfig or env.get("KUBECONFIG", "")
     return Settings(**values)
 
 

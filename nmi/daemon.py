@@ -15,6 +15,7 @@ import signal
 import threading
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -90,7 +91,7 @@ class Daemon:
                 log.error("root task %s failed: %s", died.get_name(), died.exception())
             return 1 if died is not None else 0
 
-    async def _wait(self, tasks: list[asyncio.Task]) -> asyncio.Task | None:
+    async def _wait(self, tasks: list[asyncio.Task[Any]]) -> asyncio.Task[Any] | None:
         stopper = asyncio.create_task(self.stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -114,7 +115,7 @@ async def _cleanup_once(runner: web.AppRunner) -> None:
         await runner.cleanup()
 
 
-async def _finish(task: asyncio.Task) -> None:
+async def _finish(task: asyncio.Task[Any]) -> None:
     try:
         await asyncio.wait_for(task, timeout=LAST_RESORT_SECONDS / 2)
     except asyncio.TimeoutError:

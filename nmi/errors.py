@@ -1,7 +1,8 @@
 """Errors as types: each carries its HTTP status, IMDS/OAuth `error` code and an optional Retry-After.
 
-One middleware in the server turns any `NmiError` into IMDS JSON. Descriptions are safe to show to the
-caller: they never contain tokens, secrets or the content of Kubernetes objects.
+`nmi.server.failure_response` is the one place a failure becomes an answer (IMDS JSON with the error's status);
+statuses without an error of their own become one through `nmi.imds.error_for_status`. Descriptions are safe to
+show to the caller: they never contain tokens, secrets or the content of Kubernetes objects.
 """
 
 from __future__ import annotations

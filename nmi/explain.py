@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from .broker import TokenBroker
 from .identities import MANAGED, NODE, WORKLOAD, Decision, binding_of
 from .identities import rules
-from .model import Binding, Identity, PodInfo, TokenRequest
+from .model import AssignedIdentity, Binding, Identity, PodInfo, TokenRequest
 from .windows import HORIZON_DAYS
 
 MAX_BINDINGS = 100  # a namespace with thousands of bindings must not make the answer unbounded
@@ -44,9 +44,12 @@ class PodView(Protocol):
 
 
 class StateView(Protocol):
-    chain_installed: bool
-    chain_required: bool
-    caches_synced: bool
+    @property
+    def chain_installed(self) -> bool: ...
+    @property
+    def chain_required(self) -> bool: ...
+    @property
+    def caches_synced(self) -> bool: ...
 
     @property
     def ready(self) -> bool: ...
@@ -158,7 +161,7 @@ class Explainer:
         return rows, max(0, len(relevant) - MAX_BINDINGS)
 
     def _binding_row(self, pod: PodInfo, binding: Binding, request: TokenRequest, *, same_namespace: bool,
-                     now: float, assigned: dict) -> dict[str, Any]:
+                     now: float, assigned: dict[tuple[str, str], AssignedIdentity]) -> dict[str, Any]:
         row: dict[str, Any] = {"binding": f"{binding.namespace}/{binding.name}", "identity": binding.identity_name,
                                "selector": binding.selector, "weight": binding.weight, "matched": False,
                                "next_window": None}

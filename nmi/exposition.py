@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -76,7 +76,8 @@ class SeriesStore:
         family = self.families[name]
         with self._lock:
             key = family.key(values)
-            family.series[key] = family.series.get(key, 0.0) + amount
+            # counters and gauges hold floats; only observe() stores histograms (a family has one type)
+            family.series[key] = cast(float, family.series.get(key, 0.0)) + amount
 
     def set(self, name: str, values: tuple[str, ...], value: float) -> None:
         family = self.families[name]
@@ -87,7 +88,7 @@ class SeriesStore:
         family = self.families[name]
         with self._lock:
             key = family.key(values)
-            histogram = family.series.get(key)
+            histogram = cast("Histogram | None", family.series.get(key))
             if histogram is None:
                 histogram = family.series[key] = Histogram(family.buckets)
             histogram.observe(value)

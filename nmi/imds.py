@@ -164,6 +164,17 @@ def render_host_token(token: AccessToken, *, resource: str, client_id: str, now:
                       separators=(",", ":"))
 
 
+INTERNAL_ERROR = "Internal error; see the nmi log"
+
+
+def error_for_status(status: int, description: str = "") -> NmiError:
+    """A status nmi answers without an NmiError of its own (aiohttp's refusals, a request it could not parse, a bug)
+    as one: 4xx is `invalid_request`, 5xx `internal_error`."""
+    error = BadRequest(description or "Bad request") if status < 500 else NmiError(description or INTERNAL_ERROR)
+    error.status = status
+    return error
+
+
 def render_error(error: NmiError) -> str:
     return json.dumps({"error": error.error, "error_description": error.description}, separators=(",", ":"))
 

@@ -57,7 +57,7 @@ class _Rule:
 
 RULES: dict[str, _Rule] = {
     "enableProfile": _Rule(parse_bool, lambda on: not on, "nmi has no profiling endpoint", is_bool=True),
-    "logtostderr": _Rule(parse_bool, lambda on: on, NO_FILES, is_bool=True),
+    "logtostderr": _Rule(parse_bool, lambda on: on is True, NO_FILES, is_bool=True),
     "alsologtostderr": _Rule(parse_bool, _always, NO_FILES, is_bool=True),
     "log_dir": _Rule(str, lambda path: path == "", NO_FILES),
     "log_file": _Rule(str, lambda path: path == "", NO_FILES),

@@ -21,13 +21,14 @@ tests/security/test_connection_limits.py fails if an aiohttp upgrade changes the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from . import imds
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class GuardedRequestHandler(RequestHandler):
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
         if not self._limits.admit(self._source, self):
-            transport.abort()  # reset at once: the descriptor is freed now, not after a close handshake
+            # Reset at once: the descriptor is freed now, not after a close handshake (a stream server's transport).
+            cast(asyncio.Transport, transport).abort()
             log.debug("connection from %s refused: %d open from it, %d in all", self._source,
                       self._limits.held_by(self._source), self._limits.open)
             return
@@ -206,10 +208,10 @@ class GuardedRequestHandler(RequestHandler):
 
 
 def imds_json_error(status: int, description: str) -> web.Response:
-    error = "invalid_request" if status < 500 else "internal_error"
-    body = {"error": error, "error_description": description or ("Bad request" if status < 500 else
-                                                                 "Internal error; see the nmi log")}
-    return web.Response(status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json")
+    """The same IMDS JSON as every other error of nmi's (`imds.error_for_status`), without the Server header: this
+    answers for aiohttp, before any of nmi's code ran."""
+    error = imds.error_for_status(status, description)
+    return web.Response(status=status, text=imds.render_error(error), content_type="application/json")
 
 
 class GuardedSite(web.TCPSite):

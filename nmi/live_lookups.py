@@ -17,6 +17,7 @@ Imports no foreign library.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class LookupGate(Generic[R]):
                                   retry_after=1)
             task = asyncio.ensure_future(self._bounded(ip))
             self._in_flight[ip] = task
-            task.add_done_callback(lambda done, ip=ip: self._finished(ip, done))
+            task.add_done_callback(functools.partial(self._finished, ip))
             self.started += 1
         try:
             return await asyncio.shield(task)

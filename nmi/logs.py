@@ -245,7 +245,7 @@ class JsonFormatter(logging.Formatter):
         return json_line(entry)
 
 
-class _NmiHandler(logging.StreamHandler):
+class _NmiHandler(logging.StreamHandler[TextIO]):
     """Marks the handler `setup_logging` installed, so a second call replaces it instead of doubling lines.
     Access lines still waiting in its `access` writer go out first, so the stream keeps the order of events."""
 

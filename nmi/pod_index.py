@@ -131,9 +131,11 @@ class PodIndex:
 
     async def _numbered_lookup(self, ip: str) -> tuple[int, list[PodInfo]]:
         lists = self._lists  # taken before the request leaves: any later relist is newer than its answer
+        assert self._live_lookup is not None  # the gate, our only caller, exists only with a live lookup
         return lists, await self._live_lookup(ip)
 
     async def _look_up_live(self, ip: str) -> list[PodInfo]:
+        assert self.gate is not None  # called only when a live lookup is configured
         lists, found = await self.gate(ip)
         if self.health is not None and self.health.state(POD_CACHE) != FRESH:
             return _owners(found, ip)  # went stale meanwhile: answer from the live result, leave the cache alone

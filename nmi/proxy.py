@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import ItemsView, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +26,15 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 CHUNK = 64 * 1024
 
 
-def _end_to_end(headers) -> list[tuple[str, str]]:
+class _Headers(Protocol):
+    """What is read of aiohttp's headers (a CIMultiDictProxy) on either side."""
+
+    def getall(self, key: str, default: list[str], /) -> list[str]: ...
+
+    def items(self) -> ItemsView[str, str]: ...
+
+
+def _end_to_end(headers: _Headers) -> list[tuple[str, str]]:
     named_by_connection = {h.strip().lower() for v in headers.getall("Connection", []) for h in v.split(",")}
     return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named_by_connection]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 
 def _caches_not_wired() -> list[str]:
@@ -59,7 +59,7 @@ class Drain:
     answered 503 + Retry-After (`answer_all_now`) instead of having their connection cut by the server."""
 
     def __init__(self) -> None:
-        self.in_flight: set[asyncio.Task] = set()
+        self.in_flight: set[asyncio.Task[Any]] = set()
         self.cut = False
 
     def answer_all_now(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from .audit import AuditRecorder
 from .cache import IdentityIndex
@@ -15,6 +15,10 @@ from .model import Identity
 from .readiness import DaemonState
 from .tokens.service import TokenService, workload_owner_key
 from .window_reports import WindowErrorReporter
+
+if TYPE_CHECKING:  # iptables is imported only when nmi manages the chain
+    from iptables.backend import Backend
+    from iptables.rules import ChainSpec
 
 log = logging.getLogger("nmi")
 
@@ -56,8 +60,9 @@ async def final_audit_flush(audit: AuditRecorder) -> None:
         log.warning("token issuance audit: final flush timed out")
 
 
-def chain_keeper(backend, spec, *, interval: float, fail_closed: bool, conntrack: Callable[[], None] | None,
-                 state: DaemonState, metrics: Metrics):
+def chain_keeper(backend: Backend, spec: ChainSpec, *, interval: float, fail_closed: bool,
+                 conntrack: Callable[[], None] | None, state: DaemonState,
+                 metrics: Metrics) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     """The iptables supervisor as a root task: keeps the aad-metadata chain in place and readiness told."""
     from iptables.supervisor import REJECT, REMOVE, supervise
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 import aiohttp
 from aiohttp import web
@@ -52,9 +52,10 @@ def caller_ip(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
         return ""
-    if ":" not in peer[0]:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
-        return peer[0]
-    address = ipaddress.ip_address(peer[0])
+    host: str = peer[0]
+    if ":" not in host:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
+        return host
+    address = ipaddress.ip_address(host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return str(address)
@@ -81,24 +82,19 @@ def failure_response(failure: Exception, *, where: str) -> web.Response:
     if isinstance(failure, web.HTTPException):
         if failure.status < 400:
             raise failure
-        return error_response(http_error(failure.status, failure.reason))
+        return error_response(imds.error_for_status(failure.status, failure.reason))
     # A bug: answer, log with traceback, keep serving.
     log.error("internal error handling %s", where, exc_info=failure)
-    return error_response(NmiError("Internal error; see the nmi log"))
+    return error_response(imds.error_for_status(500))
 
 
 @web.middleware
-async def errors_as_imds_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def errors_as_imds_json(request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except Exception as failure:
         return failure_response(failure, where=f"{request.method} {request.path}")
-
-
-def http_error(status: int, reason: str) -> NmiError:
-    error = BadRequest(reason or "Bad request") if status < 500 else NmiError(reason or None)
-    error.status = status
-    return error
 
 
 async def expect_only_continue(request: web.Request) -> web.Response | None:
@@ -107,7 +103,7 @@ async def expect_only_continue(request: web.Request) -> web.Response | None:
     if request.version != aiohttp.HttpVersion11:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
-        return error_response(http_error(417, "Only Expect: 100-continue is understood"))
+        return error_response(imds.error_for_status(417, "Only Expect: 100-continue is understood"))
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp's default does: the interim answer is not the response
     return None
@@ -144,7 +140,7 @@ async def observed(request: web.Request, route: Route, handler: TokenHandler) ->
     """Runs a token handler and reports every request, including failed ones, to the observer."""
     started = time.perf_counter()
     seen = Seen()
-    drain, task = request.app[DRAIN], asyncio.current_task()
+    drain, task = request.app[DRAIN], cast("asyncio.Task[Any]", asyncio.current_task())  # a handler runs in a task
     drain.in_flight.add(task)
     try:
         response = await handler(request, seen)
@@ -230,7 +226,7 @@ def probe_app(state: DaemonState, *, explain: Explain | None = None) -> web.Appl
 EXPLAIN_PARAMETERS = ("namespace", "pod", "resource", "client_id", "msi_res_id", "mi_res_id")
 
 
-def _explain_handler(explain: Explain):
+def _explain_handler(explain: Explain) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The probe port listens on every address (the kubelet probes it): only callers on the node's loopback may
     ask, since the answer describes other pods' identities."""
 

@@ -67,7 +67,7 @@ class Window:
 
     def starts(self, first: date, days: int) -> list[float]:
         """Instants at which the local wall clock reads the start time on a listed day (both, in an overlap)."""
-        found = []
+        found: list[float] = []
         for offset in range(days):
             day = first + timedelta(days=offset)
             if day.weekday() in self.days:
@@ -93,7 +93,7 @@ class ActiveWindows:
     text: str  # the annotation as written (never sent to callers: it is the content of an API object)
     # The last answer of next_opening and when it was asked: it stays the answer until that opening, so refused
     # requests in a loop do not recompute it.
-    _memo: list = field(default_factory=list, compare=False, repr=False)
+    _memo: list[tuple[float, Opening | None]] = field(default_factory=list, compare=False, repr=False)
 
     def active_at(self, now: float) -> bool:
         return any(window.open_at(now) for window in self.windows)

@@ -12,6 +12,9 @@ class KubeConfigError(Exception):
     """No usable Kubernetes API configuration. The message is one line, fit for the console."""
 
 
+ApiClient = k8s_client.ApiClient  # for modules that hand the client on: only nmi.kube imports kubernetes
+
+
 def build_api_client(
     *,
     host: str | None = None,

@@ -277,7 +277,7 @@ class Informer:
             return
         self._wakeup_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._drain)
+            self._loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]  # set by start()
         except RuntimeError:  # loop closed: we are shutting down
             self._stop.set()
 

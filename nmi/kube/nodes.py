@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
@@ -36,7 +36,7 @@ class KubeNodeTaints:
             node, operations, _content_type=JSON_PATCH, _preload_content=False, _request_timeout=self._timeout)),
             node)
 
-    async def _run(self, call, node: str) -> Any:
+    async def _run(self, call: Callable[[], Any], node: str) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _translated, call, node)
 
@@ -44,7 +44,7 @@ class KubeNodeTaints:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _translated(call, node: str) -> Any:
+def _translated(call: Callable[[], Any], node: str) -> Any:
     try:
         return call()
     except ApiException as exc:

@@ -8,8 +8,8 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from ..cache import IdentityIndex
-from ..pod_index import PodIndex
 from ..identities.rules import MIC_DEPLOYMENT
+from ..pod_index import PodIndex
 from ..workloads import WorkloadIndex
 from .informer import Informer, WatchTarget
 from .projection import (

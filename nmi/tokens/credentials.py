@@ -194,7 +194,10 @@ def client_certificate_from(ref: SecretRef, data: Mapping[str, bytes]) -> Client
             f"{label}: the certificate key is {_key_kind(key)}; Azure AD client assertions need an RSA key")
     if key.key_size > MAX_RSA_KEY_BITS:
         raise IdentityConfigurationError(f"{label}: the RSA key has {key.key_size} bits, at most {MAX_RSA_KEY_BITS}")
-    if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+    # OpenSSL's PKCS#12 parser already pairs the key with the certificate holding its public key (a bundle
+    # with none comes back without a certificate, refused above); this check keeps that promise explicit.
+    certified = certificate.public_key()
+    if not isinstance(certified, rsa.RSAPublicKey) or key.public_key().public_numbers() != certified.public_numbers():
         raise IdentityConfigurationError(f"{label}: the private key does not belong to the certificate")
     return ClientCertificate(
         private_key=key,

@@ -31,12 +31,12 @@ T = TypeVar("T")
 MAX_APPS = 256
 
 
-class _KeepNothingTokenCache(msal.TokenCache):
+class _KeepNothingTokenCache(msal.TokenCache):  # type: ignore[misc]  # msal ships no types: its classes are Any
     def add(self, event: Any, now: Any = None) -> None:
         return None
 
 
-class _KeepNothingHttpCache(dict):
+class _KeepNothingHttpCache(dict[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         return None
 

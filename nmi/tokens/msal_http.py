@@ -120,7 +120,7 @@ def access_token_from(result: Mapping[str, Any], raw: Mapping[str, Any], *, reso
                       now: float) -> AccessToken:
     token = str(result["access_token"])
     claims = jwt_claims(token)
-    not_before = raw.get("not_before") or claims.get("nbf")
+    not_before: Any = raw.get("not_before") or claims.get("nbf")
     return AccessToken(
         access_token=token,
         # From expires_in and our own clock, so cache arithmetic and the upstream agree whatever the clock skew.

@@ -13,7 +13,7 @@ its threads), nmi.tokens.failures says what a failure means to the caller.
 from __future__ import annotations
 
 import asyncio
-from typing import Hashable
+from typing import Hashable, cast
 
 from ..errors import IdentityConfigurationError, TokenRefused
 from ..model import USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
@@ -74,18 +74,18 @@ class TokenService:
         `nmi explain`; fetches nothing."""
         if identity is None:
             def match(key: Hashable) -> bool:
-                return key[0] == "node"  # type: ignore[index]
+                return _parts(key)[0] == "node"
         elif identity.type == WORKLOAD_IDENTITY:
             prefix = (workload_owner_key(identity), identity.client_id.lower())
 
             def match(key: Hashable) -> bool:
-                return key[:2] == prefix  # type: ignore[index]
+                return _parts(key)[:2] == prefix
         else:
             wanted = _identity_cache_key(identity)
 
             def match(key: Hashable) -> bool:
-                return key[0] == wanted  # type: ignore[index]
-        return sorted((key[-1], age, left) for key, age, left in self._cache.ages(match))  # type: ignore[index]
+                return _parts(key)[0] == wanted
+        return sorted((cast(str, _parts(key)[-1]), age, left) for key, age, left in self._cache.ages(match))
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         self._cache.forget(keep_identity_keys)
@@ -165,6 +165,11 @@ def _scope(resource: str) -> str:
 def workload_owner_key(identity: Identity) -> str:
     """The cache owner of a workload identity's tokens: its ServiceAccount (kept while the SA is annotated)."""
     return f"serviceaccount:{identity.namespace}/{identity.service_account}"
+
+
+def _parts(key: Hashable) -> tuple[Hashable, ...]:
+    """The token cache keys this service makes are tuples whose last item is the resource (see get, get_for_node)."""
+    return cast("tuple[Hashable, ...]", key)
 
 
 def _identity_cache_key(identity: Identity) -> Hashable:

@@ -32,3 +32,13 @@ def test_retries_count_failures_in_a_row_and_start_again_after_a_reset():
     assert retries.failures == 5
     retries.reset()
     assert (retries.failed(), retries.failures) == (0.5, 1)
+
+
+def test_an_outage_of_hours_keeps_the_cap_instead_of_overflowing():
+    # Found while typing nmi (2**(failures - 1) overflowed a float at ~1025 failures in a row: the watch thread
+    # or the startup-taint task died of OverflowError after hours of API server outage instead of retrying).
+    assert Backoff(0.5, 30.0, jitter=(0.5, 1.0)).delay(5000, lambda: 0.999) == pytest.approx(30.0 * 0.9995)
+    assert Backoff(1e-9, 1e9).delay(10**6) == 1e9
+    retries = Retries(Backoff(2.0, 300.0))
+    assert {retries.failed() for _ in range(3000)} >= {300.0}
+    assert retries.failed() == 300.0

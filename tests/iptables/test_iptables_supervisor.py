@@ -214,3 +214,16 @@ async def test_a_failing_swap_is_retried_then_raised_leaving_the_dnat(backend, s
     with pytest.raises(IptablesError, match="busy"):
         await run(backend, stop, sleep, on_stop=REJECT, remove_attempts=3)
     assert backend.installed(SPEC)  # never neither: pods' connections are refused by the absent nmi
+
+
+async def test_hours_of_failures_keep_retrying_at_the_cap(backend, stop, sleep):
+    # Found while typing: the doubling overflowed a float after ~1025 failed checks in a row and the
+    # supervisor ended with OverflowError instead of retrying (the node then kept a stale chain).
+    failures = 1100
+    backend.fail_next = [XtablesLockTimeout("lock busy")] * failures
+    sleep.actions[failures + 1] = stop.set
+    states: list[bool] = []
+    await asyncio.wait_for(supervise(backend, SPEC, interval=60, on_state=states.append, stop=stop, sleep=sleep,
+                                     retry_initial=0.5, retry_max=3), timeout=60)
+    assert sleep.calls[failures - 1] == 3 and sleep.calls[failures] == 60  # capped to the end, then healthy
+    assert states == [False, True, False]
