@@ -54,6 +54,7 @@ RootTask = Callable[[], Coroutine[Any, Any, object]]
 @dataclass
 class Parts:
     broker: TokenBroker
+    state: DaemonState
     proxy: ImdsProxy
     metrics: Metrics
     observer: AccessObserver
@@ -72,7 +73,7 @@ def _restart_hook(metrics: Metrics) -> Callable[[str, str], None]:
     return on_restart
 
 
-async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitStack) -> Parts:
+async def assemble(settings: Settings, *, stack: AsyncExitStack) -> Parts:
     problem = _node_problem(settings)
     if problem:
         raise StartupError(problem)
@@ -87,7 +88,8 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     live = LivePodLookup(api_client, settings.node, on_api_error=lambda *_: metrics.kube_error(KUBE_GET_POD_LIST))
     stack.callback(live.close)
     health = CacheHealth()
-    state.cache_problems = health.problems
+    # What the probes report: the watch caches' health, the chain (when nmi manages it), shutting down.
+    state = DaemonState(chain_required=settings.manage_iptables, cache_problems=health.problems)
     pods = PodIndex(live.live_pods_for_ip, on_size=metrics.set_pods_indexed, health=health)
     catalog = IdentityIndex()
     managed = settings.operation_mode == MANAGED
@@ -148,7 +150,7 @@ async def assemble(settings: Settings, *, state: DaemonState, stack: AsyncExitSt
     if settings.node_startup_taint:
         root_tasks["startup-taint"] = _startup_taint_task(settings, state, api_client, stack)
 
-    return Parts(broker=broker, proxy=proxy, metrics=metrics,
+    return Parts(broker=broker, proxy=proxy, metrics=metrics, state=state,
                  observer=TokenObserver(metrics, state, audit),
                  server_config=TokenServerConfig(metadata_header_required=settings.metadata_header_required,
                                                  block_instance_metadata=settings.block_instance_metadata),

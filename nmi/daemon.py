@@ -36,22 +36,22 @@ LAST_RESORT_SECONDS = 20.0  # below the DaemonSet's 30 s termination grace perio
 @dataclass
 class Daemon:
     settings: Settings
-    state: DaemonState = field(default_factory=DaemonState)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    state: DaemonState | None = None  # what the probes report, built by `assemble`
 
     async def run(self) -> int:
         settings = self.settings
-        self.state.chain_required = settings.manage_iptables
         # One budget for every listener: a source holds at most 64 connections, all together stay below the fd limit.
         limits = ConnectionLimits(total=total_connections_for(raise_fd_soft_limit()))
         async with AsyncExitStack() as stack:
-            parts: Parts = await assemble(settings, state=self.state, stack=stack)
-            tokens = token_app(parts.broker, config=parts.server_config, state=self.state, proxy=parts.proxy,
+            parts: Parts = await assemble(settings, stack=stack)
+            self.state = state = parts.state
+            tokens = token_app(parts.broker, config=parts.server_config, state=state, proxy=parts.proxy,
                                observer=parts.observer)
             token_runner = web.AppRunner(tokens, access_log=None, shutdown_timeout=SHUTDOWN_DRAIN_SECONDS,
                                          keepalive_timeout=KEEPALIVE_SECONDS)
             explain = parts.explainer.answer if parts.explainer else None
-            side_runners = [web.AppRunner(probe_app(self.state, explain=explain), access_log=None,
+            side_runners = [web.AppRunner(probe_app(state, explain=explain), access_log=None,
                                           keepalive_timeout=KEEPALIVE_SECONDS),
                             web.AppRunner(metrics_app(parts.metrics.render), access_log=None,
                                           keepalive_timeout=KEEPALIVE_SECONDS)]
@@ -67,7 +67,7 @@ class Daemon:
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
                      settings.operation_mode)
             died = await self._wait(list(tasks.values()) + ([chain] if chain else []))
-            self.state.shutting_down = True
+            state.shutting_down = True
             log.info("shutting down%s", f": root task {died.get_name()} ended" if died else "")
             await token_site.stop()  # 1. stop accepting
             if died is None:  # 2. SIGTERM/SIGINT: remove the chain (the supervisor does it on stop)

@@ -31,10 +31,8 @@ class KubeEventWriter:
     def _create(self, event: dict[str, Any]) -> None:
         namespace = event["metadata"]["namespace"]
         try:
-            # The client serialises a plain dict as it would the model its annotations name, and with
-            # _preload_content=False it answers the raw urllib3 response, not the model: hence Any.
-            response: Any = self._core.create_namespaced_event(
-                namespace, event, _preload_content=False, _request_timeout=self._timeout  # type: ignore[arg-type]
+            response = self._core.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status == 403:

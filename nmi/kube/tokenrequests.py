@@ -47,10 +47,8 @@ class KubeServiceAccountTokens(ApiReader):
         }
 
         def create() -> Any:
-            # A plain dict body is serialised as the model the client's annotations name would be.
             response = self.core.create_namespaced_service_account_token(
-                service_account, namespace, body, _preload_content=False,  # type: ignore[arg-type]
-                _request_timeout=self.timeout)
+                service_account, namespace, body, _preload_content=False, _request_timeout=self.timeout)
             return json_body(response)
 
         where = f"ServiceAccount {namespace}/{service_account}"

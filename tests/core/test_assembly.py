@@ -15,7 +15,6 @@ from nmi.cli import parse_args
 from nmi.errors import IdentityConfigurationError
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 from nmi.model import SERVICE_PRINCIPAL, TokenRequest
-from nmi.readiness import DaemonState
 from tests.conftest import TOKEN
 
 NODE = "node-1"
@@ -57,10 +56,11 @@ async def test_assembled_parts_are_wired_to_the_caches_and_to_each_other(apiserv
                                 secret="gone"))  # the Secret does not exist
     apiserver.put(make_binding("b", "default", identity="sp", selector="sel"))
     apiserver.put(make_pod("app", "default", "127.0.0.1", NODE, labels={"aadpodidbinding": "sel"}))
-    state = DaemonState()
     async with AsyncExitStack() as stack:
         settings = settings_for(tmp_path, apiserver.url, "--operation-mode=managed", "--forceNamespaced")
-        parts = await assemble(settings, state=state, stack=stack)
+        parts = await assemble(settings, stack=stack)
+        state = parts.state
+        assert not state.chain_required  # --manage-iptables=false
         assert parts.chain_task is None  # --manage-iptables=false
         assert {"caches-synced", "forget-vanished-identities", "event-loop-lag", "binding-window-errors",
                 "watch-pods", "watch-azureidentitybindings"} <= set(parts.root_tasks)
@@ -93,4 +93,4 @@ async def test_a_missing_kubeconfig_is_a_startup_error_naming_the_flag(tmp_path)
                            "--manage-iptables=false"], environ={})
     async with AsyncExitStack() as stack:
         with pytest.raises(StartupError, match="--kubeconfig"):
-            await assemble(settings, state=DaemonState(), stack=stack)
+            await assemble(settings, stack=stack)

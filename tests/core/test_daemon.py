@@ -69,7 +69,7 @@ async def test_the_daemon_serves_a_pod_its_token_and_stops_in_order(apiserver, i
         finally:
             daemon.stop.set()
             assert await asyncio.wait_for(run, 30) == 0
-        assert daemon.state.shutting_down
+        assert daemon.state is not None and daemon.state.shutting_down
         assert await status_of(session, f"http://127.0.0.1:{port}/metadata/identity/oauth2/token") == 0
 
 
