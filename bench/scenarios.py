@@ -45,9 +45,11 @@ class BenchConfig:
 
 def _nmi(fakes: BenchFakes, workdir: Path, *, name: str, cpu: int | None, mode: str = "managed") -> ServerProcess:
     port, probe_port, metrics_port = free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "nmi", f"--node={NODE}", f"--nmi-port={port}", f"--http-probe-port={probe_port}",
+    # Configured in-cluster as in a pod (bench.in_cluster), so no kubeconfig loader is imported: see there.
+    argv = [sys.executable, "-m", "bench.in_cluster", f"--api-url={fakes.api.url}", f"--node={NODE}",
+            f"--nmi-port={port}", f"--http-probe-port={probe_port}",
             f"--prometheus-port={metrics_port}", "--metadata-ip=127.0.0.1", f"--metadata-port={fakes.imds.port}",
-            f"--kubeconfig={fakes.kubeconfig_path}", f"--kubelet-config={fakes.kubelet_config_path}",
+            f"--kubelet-config={fakes.kubelet_config_path}",
             "--manage-iptables=false", f"--operation-mode={mode}", "--forceNamespaced"]
     return ServerProcess(name, argv, log_path=workdir / f"{name}.log", ready_port=probe_port, service_port=port,
                          cpu=cpu)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from .errors import CachesNotTrusted, IdentityNotAssigned, IdentityNotFound, NmiError, Unavailable
 from .identities import MANAGED, NODE, STANDARD, Decision, View, resolve
+from .identities.memo import DecisionMemo
 from .model import Binding, Identity, PodInfo, TokenGrant, TokenRequest
 from .ports import (CacheFreshness, IdentityCatalog, PodDirectory, ServiceAccountDirectory, TokenSource,
                     WorkloadDirectory)
@@ -65,6 +66,7 @@ class TokenBroker:
         self._caches = caches
         # workloads: standard mode, ReplicaSets/Deployments of --MICNamespace (the MIC check)
         self.view = View(catalog, service_accounts=service_accounts, workloads=workloads)
+        self._memo = DecisionMemo(self.view)  # resolves each pod once per change of what resolution reads
         self._catalog = catalog
         self._tokens = tokens
         self._policy = policy
@@ -82,8 +84,10 @@ class TokenBroker:
     def decide(self, pod: PodInfo, request: TokenRequest, *, node_identity_allowed: bool = True) -> Decision:
         """`nmi.identities.resolve` over this broker's caches and policy, at the wall clock's now (also what
         `nmi explain` shows)."""
-        return resolve(pod, self.view, request, self._policy, now=self.wall_clock(),
-                       node_identity_allowed=node_identity_allowed)
+        now = self.wall_clock()
+        return self._memo.decide(pod, request, node_identity_allowed=node_identity_allowed, now=now,
+                                 resolve=lambda: resolve(pod, self.view, request, self._policy, now=now,
+                                                         node_identity_allowed=node_identity_allowed))
 
     async def caller(self, ip: str) -> PodInfo:
         """The token route: the caller is whoever owns the TCP peer address."""
@@ -109,7 +113,7 @@ class TokenBroker:
         """Acts on the decision: the node's identity from IMDS, a token for the best usable identity, waiting
         (standard mode, woken by the informer) while MIC may still assign one, or the decision's refusal."""
         standard = self._policy.mode == STANDARD
-        start = self._clock()
+        start: float | None = None  # taken before the first wait: only standard mode ever waits
         while True:
             if standard:
                 self._require_trusted(identity_only=True)  # a watch may break while we wait
@@ -120,6 +124,8 @@ class TokenBroker:
                 return await self._fetch(pod, decision, request)
             if not decision.pending:
                 raise decision.refusal(self.wall_clock())  # no binding can give this pod (this) identity now
+            if start is None:
+                start = self._clock()
             await self._wait_for_mic(pod, decision, start)
 
     def _require_trusted(self, *, identity_only: bool) -> None:

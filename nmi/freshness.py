@@ -42,18 +42,31 @@ class CacheHealth:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._caches: dict[str, _Cache] = {}
+        # Caches not synced or stale, kept with every change: every token request asks, and all are fine nearly
+        # always, so the answer is then one set lookup instead of a walk over every cache.
+        self._untrusted: set[str] = set()
 
     def track(self, resource: str) -> None:
         self._caches.setdefault(resource, _Cache())
+        self._recount(resource)
+
+    def _recount(self, resource: str) -> None:
+        cache = self._caches[resource]
+        if cache.synced and not cache.problem:
+            self._untrusted.discard(resource)
+        else:
+            self._untrusted.add(resource)
 
     # -- reported by the informers -------------------------------------------------------------------
 
     def listed(self, resource: str) -> None:
         cache = self._caches.setdefault(resource, _Cache())
         cache.synced, cache.problem = True, ""
+        self._recount(resource)
 
     def watching(self, resource: str) -> None:
         self._caches.setdefault(resource, _Cache()).problem = ""
+        self._recount(resource)
 
     def failed(self, resource: str, operation: str, reason: str) -> None:
         self._stale(resource, f"{operation} failing: {reason}")
@@ -66,6 +79,7 @@ class CacheHealth:
         if not cache.problem:
             cache.since = self._clock()
         cache.problem = problem
+        self._recount(resource)
 
     # -- read by the pod index, the broker and /readyz ----------------------------------------------
 
@@ -79,6 +93,9 @@ class CacheHealth:
 
     def problems(self, *, identity_only: bool = False) -> list[str]:
         """One line per cache that cannot be trusted, e.g. `pods watch stale for 3s (watch failing: HTTP 500)`."""
+        untrusted = self._untrusted
+        if not untrusted or (identity_only and len(untrusted) == 1 and POD_CACHE in untrusted):
+            return []
         found = []
         for resource in sorted(self._caches):
             if identity_only and resource == POD_CACHE:

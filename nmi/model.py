@@ -30,6 +30,8 @@ WORKLOAD_IDENTITY_TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
 
 NAMESPACED_ANNOTATION = "aadpodidentity.k8s.io/Behavior"
 BINDING_LABEL = "aadpodidbinding"
+# The Deployment whose pods get the node's identity in standard mode (MIC itself); the watch reads only it.
+MIC_DEPLOYMENT = "mic"
 
 
 @dataclass(frozen=True, slots=True)

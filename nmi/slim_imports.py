@@ -15,7 +15,9 @@ import importlib.util
 import sys
 import types
 
-_PACKAGES = ("kubernetes", "kubernetes.config")
+# kubernetes.utils: the REST client needs only its retry and keepalive modules; its __init__ adds create_from_yaml
+# and with it yaml (~1 MiB).
+_PACKAGES = ("kubernetes", "kubernetes.config", "kubernetes.utils")
 
 
 def import_kubernetes_without_extras() -> bool:

@@ -17,8 +17,12 @@ class WorkloadIndex:
     """`nmi.ports.WorkloadDirectory`."""
 
     def __init__(self) -> None:
-        self.replicaset_store: ObjectStore[Workload] = ObjectStore(_namespace)
-        self.deployment_store: ObjectStore[Workload] = ObjectStore(_namespace)
+        self.generation = 0  # bumped on every change: what a remembered decision is checked against
+        self.replicaset_store: ObjectStore[Workload] = ObjectStore(_namespace, on_change=self._changed)
+        self.deployment_store: ObjectStore[Workload] = ObjectStore(_namespace, on_change=self._changed)
+
+    def _changed(self) -> None:
+        self.generation += 1
 
     def replicaset(self, namespace: str, name: str) -> Workload | None:
         return self.replicaset_store.get(namespace, name)

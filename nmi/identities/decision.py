@@ -64,7 +64,7 @@ class Decision:
 
     def binding_for(self, identity: Identity) -> Binding | None:
         for candidate, binding in zip(self.ready, self.through):
-            if candidate == identity:
+            if candidate is identity or candidate == identity:  # usually the very object: skip comparing fields
                 return binding
         return None
 

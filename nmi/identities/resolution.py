@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..model import (WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, AssignedIdentity, Binding, Identity, PodInfo,
-                     TokenRequest)
+from ..model import (MIC_DEPLOYMENT, WORKLOAD_IDENTITY, WORKLOAD_IDENTITY_USE_LABEL, AssignedIdentity, Binding,
+                     Identity, PodInfo, TokenRequest)
 from ..ports import IdentityCatalog
 from . import rules
 from .decision import MANAGED, NODE, STANDARD, WORKLOAD, Decision, Policy, View
@@ -84,7 +84,7 @@ def _is_mic_pod(pod: PodInfo, view: View, policy: Policy) -> bool:
         return False
     return rules.is_mic_pod(pod, mic_namespace=policy.mic_namespace,
                             replicaset=view.workloads.replicaset(pod.namespace, pod.replicaset),
-                            deployment=view.workloads.deployment(pod.namespace, rules.MIC_DEPLOYMENT))
+                            deployment=view.workloads.deployment(pod.namespace, MIC_DEPLOYMENT))
 
 
 def _workload_identity(pod: PodInfo, view: View, policy: Policy, bindings: PodBindings) -> Identity | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from ..model import (BINDING_LABEL, AssignedIdentity, Binding, Identity, PodIdentityException, PodInfo, TokenRequest,
-                     Workload)
+from ..model import (BINDING_LABEL, MIC_DEPLOYMENT, AssignedIdentity, Binding, Identity, PodIdentityException,
+                     PodInfo, TokenRequest, Workload)
 from ..windows import ANNOTATION as ACTIVE_WINDOWS_ANNOTATION
 from ..windows import HORIZON_DAYS, Opening
 
@@ -54,9 +54,6 @@ def exception_for(pod: PodInfo, exceptions: Iterable[PodIdentityException]) -> P
             if key in pod.labels and pod.labels[key].lower() == value.lower():
                 return exc
     return None
-
-
-MIC_DEPLOYMENT = "mic"
 
 
 def is_mic_pod(pod: PodInfo, *, mic_namespace: str, replicaset: Workload | None, deployment: Workload | None) -> bool:

@@ -16,11 +16,12 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..audit import EventsForbidden, EventWriteFailed
+from .rest import KubeApi
 
 
 class KubeEventWriter:
     def __init__(self, api_client: k8s_client.ApiClient, *, request_timeout: float = 10.0) -> None:
-        self._core = k8s_client.CoreV1Api(api_client)
+        self._core = KubeApi(api_client)
         self._timeout = request_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")
 
@@ -31,7 +32,8 @@ class KubeEventWriter:
     def _create(self, event: dict[str, Any]) -> None:
         namespace = event["metadata"]["namespace"]
         try:
-            response = self._core.create_namespaced_event(
+            # KubeApi sends the dict as JSON and answers the raw urllib3 response.
+            response: Any = self._core.create_namespaced_event(
                 namespace, event, _preload_content=False, _request_timeout=self._timeout
             )
         except ApiException as exc:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RestartHook = Callable[[str, str], None]  # (resource, reason): reason is "closed", "expired" or "error"
 ErrorHook = Callable[[str, str], None]  # (resource, operation): operation is "list" or "watch"
+COALESCE_SECONDS = 0.001  # during a burst of events, how often the loop takes what the thread has queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,7 @@ class Informer:
         return rv, delivered
 
     def _handle(self, line: bytes, rv: str) -> str:
-        event = json.loads(line)
+        event = json.loads(line.decode("utf-8", "surrogatepass"))  # what json.loads(bytes) does, minus sniffing
         kind, raw = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             if raw.get("code") == 410:
@@ -235,14 +236,16 @@ class Informer:
         if kind == "BOOKMARK":
             self._post(self._note_rv, new_rv)
             return new_rv
-        key = object_key(raw)
         item = self.target.project(raw) if kind in ("ADDED", "MODIFIED") else None
         if item is not None:
-            self._post(self.store.upsert, item)
-        elif key is not None:
+            self._post(self._upserted, item, new_rv)  # one hand-over per event: the change and its version
+            return new_rv
+        key = object_key(raw)
+        if key is not None:
             # DELETED, or an object that became malformed: either way it must not linger in the cache.
-            self._post(self.store.discard, *key)
-        self._post(self._note_rv, new_rv)
+            self._post(self._discarded, key, new_rv)
+        else:
+            self._post(self._note_rv, new_rv)
         return new_rv
 
     def _selectors(self) -> dict[str, str]:
@@ -284,13 +287,21 @@ class Informer:
     # -- loop side -----------------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Everything handed over so far, in order. The flag is cleared first: a change queued while this runs
-        is either taken by this drain or schedules the next one."""
-        self._wakeup_pending = False
+        """Everything handed over so far, in order. After a drain that found changes, the loop looks again
+        `COALESCE_SECONDS` later instead of letting the thread wake it for each event: in a burst, waking the loop
+        (a pipe write, then both threads trading the GIL) cost more than the event itself. Only a drain that
+        finds nothing clears the flag, so the first change after a quiet spell still wakes the loop at once."""
         handoff = self._handoff
+        if not handoff:
+            self._wakeup_pending = False
+            if handoff:  # queued between the check and the clear, and the thread saw the flag still set
+                self._wakeup_pending = True
+                asyncio.get_running_loop().call_soon(self._drain)
+            return
         while handoff:
             callback, args = handoff.popleft()
             self._on_loop(callback, args)
+        asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._drain)
 
     def _on_loop(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
@@ -315,6 +326,14 @@ class Informer:
             getattr(self.health, what)(self.target.resource, *args)
 
     def _note_rv(self, rv: str) -> None:
+        self.resource_version = rv
+
+    def _upserted(self, item: Any, rv: str) -> None:
+        self.store.upsert(item)
+        self.resource_version = rv
+
+    def _discarded(self, key: tuple[str, str], rv: str) -> None:
+        self.store.discard(*key)
         self.resource_version = rv
 
     def _hook_restart(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ..startup_taint import TaintConflict, TaintRemovalFailed
+from .rest import KubeApi
 from .watchstream import json_body
 
 JSON_PATCH = "application/json-patch+json"
@@ -22,7 +23,7 @@ JSON_PATCH = "application/json-patch+json"
 
 class KubeNodeTaints:
     def __init__(self, api_client: k8s_client.ApiClient, *, request_timeout: float = 10.0) -> None:
-        self._core = k8s_client.CoreV1Api(api_client)
+        self._core = KubeApi(api_client)
         self._timeout = request_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-node")
 

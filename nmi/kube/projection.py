@@ -8,9 +8,10 @@ tolerantly instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from sys import intern
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 
 from ..model import (
     EMPTY,
@@ -114,7 +115,7 @@ def _owner(meta: Mapping[str, Any], kind: str | None) -> Mapping[str, Any]:
     refs = meta.get("ownerReferences") or []
     if not isinstance(refs, list):
         raise Malformed("metadata.ownerReferences is not a list")
-    candidates = [ref for ref in refs if isinstance(ref, Mapping)
+    candidates = [ref for ref in refs if _is_object(ref)
                   and (kind is None or str(ref.get("kind", "")).lower() == kind)]
     controllers = [ref for ref in candidates if ref.get("controller") is True]
     return (controllers or candidates or [EMPTY])[0]
@@ -152,23 +153,24 @@ def _identity(raw: Any) -> Identity:
     namespace = _str(meta, "namespace", required=True)
     password = None
     ref = spec.get("clientPassword")
-    if isinstance(ref, Mapping) and ref.get("name"):
+    if _is_object(ref) and ref.get("name"):
         password = SecretRef(namespace=str(ref.get("namespace") or namespace), name=str(ref["name"]))
     tenants = spec.get("auxiliaryTenantIDs") or []
     if not isinstance(tenants, list):
         raise Malformed("spec.auxiliaryTenantIDs is not a list")
     annotations = meta.get("annotations") or {}
+    # Namespaces, tenants and authority hosts repeat across a cluster's identities: interned, one string each.
     return Identity(
-        namespace=namespace,
+        namespace=intern(namespace),
         name=_str(meta, "name", required=True),
         type=_identity_type(spec.get("type")),
         client_id=_str(spec, "clientID"),
         resource_id=_str(spec, "resourceID"),
-        tenant_id=_str(spec, "tenantID"),
-        auxiliary_tenant_ids=tuple(str(t) for t in tenants if t),
-        ad_endpoint=_str(spec, "adEndpoint"),
+        tenant_id=intern(_str(spec, "tenantID")),
+        auxiliary_tenant_ids=tuple(intern(str(t)) for t in tenants if t),
+        ad_endpoint=intern(_str(spec, "adEndpoint")),
         client_password=password,
-        namespaced=isinstance(annotations, Mapping) and annotations.get(NAMESPACED_ANNOTATION) == "namespaced",
+        namespaced=_is_object(annotations) and annotations.get(NAMESPACED_ANNOTATION) == "namespaced",
         uid=_str(meta, "uid"),
     )
 
@@ -178,7 +180,7 @@ def _binding(raw: Any) -> Binding:
     spec = _mapping(raw, "spec", required=False)
     windows, windows_error = _active_windows(meta)
     return Binding(
-        namespace=_str(meta, "namespace", required=True),
+        namespace=intern(_str(meta, "namespace", required=True)),
         name=_str(meta, "name", required=True),
         identity_name=_str(spec, "azureIdentity"),
         selector=_str(spec, "selector"),
@@ -192,7 +194,7 @@ def _active_windows(meta: Mapping[str, Any]):
     """Parsed here, once per binding version; a malformed annotation keeps the binding (inactive, with the
     reason) so resolution can refuse its pods with a 403 rather than forget them."""
     annotations = meta.get("annotations")
-    if not isinstance(annotations, Mapping) or ACTIVE_WINDOWS_ANNOTATION not in annotations:
+    if not _is_object(annotations) or ACTIVE_WINDOWS_ANNOTATION not in annotations:
         return None, ""
     text = annotations[ACTIVE_WINDOWS_ANNOTATION]
     if not isinstance(text, str):
@@ -208,9 +210,9 @@ def _assigned(raw: Any) -> AssignedIdentity:
     spec = _mapping(raw, "spec", required=False)
     status = _mapping(raw, "status", required=False)
     embedded = spec.get("azureIdentityRef")
-    identity = _identity(embedded) if isinstance(embedded, Mapping) else None
+    identity = _identity(embedded) if _is_object(embedded) else None
     binding = spec.get("azureBindingRef")
-    binding = binding if isinstance(binding, Mapping) else {}
+    binding = binding if _is_object(binding) else {}
     binding_meta = _mapping(binding, "metadata", required=False)
     try:
         embedded = _binding(binding) if binding_meta.get("name") and binding_meta.get("namespace") else None
@@ -241,19 +243,30 @@ def _exception(raw: Any) -> PodIdentityException:
     )
 
 
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # dict first: what JSON gives us, and ~5x cheaper than the ABC check every other mapping needs.
+    return isinstance(value, dict) or isinstance(value, Mapping)
+
+
 def _mapping(raw: Any, field: str, *, required: bool = True) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
+    if raw.__class__ is dict:  # the usual case (parsed JSON), checked first: every pod watch event comes here
+        value = raw.get(field)
+        if value.__class__ is dict:
+            return value
+    if not _is_object(raw):
         raise Malformed("not a JSON object")
     value = raw.get(field)
     if value is None and not required:
         return EMPTY
-    if not isinstance(value, Mapping):
+    if not _is_object(value):
         raise Malformed(f"{field} is missing or not an object")
     return value
 
 
 def _str(raw: Mapping[str, Any], field: str, *, required: bool = False) -> str:
     value = raw.get(field)
+    if value.__class__ is str and value:  # the usual case, checked first
+        return value
     if value is None or value == "":
         if required:
             raise Malformed(f"{field} is missing")
@@ -267,7 +280,7 @@ def _labels(raw: Mapping[str, Any], field: str, *, shared: bool = False) -> Mapp
     value = raw.get(field)
     if not value:
         return EMPTY
-    if not isinstance(value, Mapping):
+    if not _is_object(value):
         raise Malformed(f"{field} is not an object")
     if shared:  # keys and values repeat across the pods of a workload (interned strings are freed when unused)
         return MappingProxyType({intern(str(k)): intern(v) for k, v in value.items() if isinstance(v, str)})

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from ..errors import IdentityConfigurationError, NmiError, Unavailable
 from ..model import PodInfo, SecretData
 from .projection import project_pod
+from .rest import KubeApi
 from .watchstream import json_body
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class ApiReader:
     """Owns the worker threads for one-shot reads. Call `close()` when done."""
 
     def __init__(self, api_client: k8s_client.ApiClient, *, workers: int = 4) -> None:
-        self.core = k8s_client.CoreV1Api(api_client)
+        self.core = KubeApi(api_client)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-read")
 
     async def _call(self, fn: Callable[[], Any], *, timeout: float) -> Any:

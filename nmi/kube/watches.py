@@ -8,10 +8,11 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from ..cache import IdentityIndex
-from ..identities.rules import MIC_DEPLOYMENT
+from ..model import MIC_DEPLOYMENT
 from ..pod_index import PodIndex
 from ..workloads import WorkloadIndex
 from .informer import Informer, WatchTarget
+from .rest import KubeApi
 from .projection import (
     project_assigned_identity,
     project_binding,
@@ -33,7 +34,7 @@ EXCEPTIONS = "azurepodidentityexceptions"
 def pods_target(api_client: k8s_client.ApiClient, node: str) -> WatchTarget:
     return WatchTarget(
         resource="pods",
-        list_call=k8s_client.CoreV1Api(api_client).list_pod_for_all_namespaces,
+        list_call=KubeApi(api_client).list_pod_for_all_namespaces,
         project=project_pod,
         field_selector=f"spec.nodeName={node}",
     )
@@ -43,7 +44,7 @@ def service_accounts_target(api_client: k8s_client.ApiClient) -> WatchTarget:
     """Every ServiceAccount (the workload identity bridge reads their azure.workload.identity annotations)."""
     return WatchTarget(
         resource="serviceaccounts",
-        list_call=k8s_client.CoreV1Api(api_client).list_service_account_for_all_namespaces,
+        list_call=KubeApi(api_client).list_service_account_for_all_namespaces,
         project=project_service_account,
     )
 
@@ -51,7 +52,7 @@ def service_accounts_target(api_client: k8s_client.ApiClient) -> WatchTarget:
 def mic_owner_targets(api_client: k8s_client.ApiClient, mic_namespace: str) -> tuple[WatchTarget, WatchTarget]:
     """ReplicaSets of --MICNamespace and its Deployment `mic` (apps/v1), for the MIC owner chain: one namespace,
     and for Deployments one name (RBAC can grant list/watch of that name alone with this field selector)."""
-    apps = k8s_client.AppsV1Api(api_client)
+    apps = KubeApi(api_client)
     return (
         WatchTarget(resource="replicasets", project=project_workload,
                     list_call=functools.partial(apps.list_namespaced_replica_set, mic_namespace)),
@@ -70,7 +71,7 @@ def crd_target(
         ASSIGNED_IDENTITIES: project_assigned_identity,
         EXCEPTIONS: project_exception,
     }
-    api = k8s_client.CustomObjectsApi(api_client)
+    api = KubeApi(api_client)
     return WatchTarget(
         resource=plural,
         list_call=functools.partial(api.list_cluster_custom_object, GROUP, VERSION, plural),

@@ -54,6 +54,23 @@ async def test_watch_applies_added_modified_and_deleted(apiserver, api_client):
         assert index.live_pods_with_ip("10.244.0.7") == []
 
 
+async def test_a_burst_of_events_is_applied_in_order_and_a_change_after_the_burst_still_arrives(apiserver, api_client):
+    # During a burst the loop takes queued changes in batches instead of being woken per event; once the burst is
+    # over it must stop looking, and the next change must wake it again.
+    index = PodIndex()
+    informer = pod_informer(api_client, index)
+    async with running(informer):
+        for n in range(200):
+            apiserver.put(make_pod(f"web-{n % 20}", ip=f"10.244.0.{n % 20 + 1}", labels={"n": str(n)}))
+        await eventually(lambda: all(index.pod_by_name("default", f"web-{n}") is not None
+                                     and index.pod_by_name("default", f"web-{n}").labels["n"] == str(180 + n)
+                                     for n in range(20)))
+        await eventually(lambda: not informer._wakeup_pending)  # the burst is over: the loop stopped looking
+        apiserver.delete("Pod", "default", "web-3")
+        await eventually(lambda: index.pod_by_name("default", "web-3") is None)
+        assert informer.resource_version == str(apiserver.state.resource_version)
+
+
 async def test_pods_of_other_nodes_are_never_indexed(apiserver, api_client):
     apiserver.put(make_pod("elsewhere", ip="10.244.1.9", node="node-2"))
     index = PodIndex()

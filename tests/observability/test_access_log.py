@@ -70,6 +70,16 @@ def test_fast_path_line_equals_the_record_line(restore_logging, log_format, reso
     assert len(fast[0].splitlines()) == 1
 
 
+@pytest.mark.parametrize("resource", HOSTILE_RESOURCES)
+def test_a_remembered_text_line_equals_the_record_line_too(restore_logging, resource):
+    # The text fast path remembers each caller's escaped fields: the second line for the same caller comes from
+    # the memory and must still be exactly the record's.
+    slow = _lines("text", fast=False, resource=resource, method="G\u2028ET")
+    for _ in range(2):
+        fast = _lines("text", fast=True, resource=resource, method="G\u2028ET")
+        assert [_without_clock(line, "text") for line in fast] == [_without_clock(line, "text") for line in slow]
+
+
 def test_json_access_line_has_the_formatter_keys_in_order(restore_logging):
     (line,) = _lines("json", fast=True, resource="https://vault.azure.net")
     assert list(json.loads(line))[:7] == ["ts", "caller", "msg", "v", "time", "level", "logger"]
