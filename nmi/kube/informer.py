@@ -50,7 +50,7 @@ class Informer:
     def __init__(
         self,
         target: WatchTarget,
-        store: Store,
+        store: Store[Any],
         *,
         watch_timeout_seconds: int = 300,
         list_timeout: float = 30.0,

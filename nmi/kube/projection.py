@@ -8,10 +8,10 @@ tolerantly instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from sys import intern
 from types import MappingProxyType
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from ..model import (
     EMPTY,
@@ -28,10 +28,11 @@ from ..model import (
     Workload,
 )
 from ..windows import ANNOTATION as ACTIVE_WINDOWS_ANNOTATION
-from ..windows import WindowSyntaxError, parse_windows
+from ..windows import ActiveWindows, WindowSyntaxError, parse_windows
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 UNSUPPORTED_TYPE = -1  # spec.type present but not an integer: kept, so resolution can say what is wrong
 
 
@@ -77,7 +78,7 @@ def project_workload(raw: Any) -> Workload | None:
     return _guard("workload", raw, _workload)
 
 
-def _guard(kind: str, raw: Any, projector):
+def _guard(kind: str, raw: Any, projector: Callable[[Any], T]) -> T | None:
     try:
         return projector(raw)
     except Malformed as exc:
@@ -190,7 +191,7 @@ def _binding(raw: Any) -> Binding:
     )
 
 
-def _active_windows(meta: Mapping[str, Any]):
+def _active_windows(meta: Mapping[str, Any]) -> tuple[ActiveWindows | None, str]:
     """Parsed here, once per binding version; a malformed annotation keeps the binding (inactive, with the
     reason) so resolution can refuse its pods with a 403 rather than forget them."""
     annotations = meta.get("annotations")

@@ -1,7 +1,7 @@
 """The shipped code type-checks: mypy --strict over nmi/ and iptables/ with the [tool.mypy] config of pyproject.toml.
 
 mypy keeps its incremental cache in .mypy_cache at the repository root, so a run after a small change re-checks
-only what the change touches (the first run of a fresh checkout takes ~15 s, later ones ~2 s).
+only what the change touches (a fresh checkout's first run takes ~7 s, later ones ~2 s).
 """
 
 import subprocess
@@ -20,13 +20,15 @@ def test_nmi_and_iptables_type_check_strictly():
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (
         done.stdout[-6000:] + done.stderr[-2000:]
-        + "\n(a module new code was moved into may join the TEMPORARY override of [tool.mypy] in pyproject.toml)")
+        + "\n(every module of nmi/ and iptables/ is strict: annotate it; see [tool.mypy] in pyproject.toml)")
 
 
-def test_the_config_is_strict_and_silences_only_untyped_libraries():
+def test_the_config_is_strict_everywhere_and_silences_only_untyped_libraries():
     assert CONFIG["strict"] is True
     assert set(CONFIG["files"]) == {"nmi", "iptables"}
     for override in CONFIG.get("overrides", []):
-        assert not override.get("ignore_errors"), override  # relaxed modules are still checked
+        # Overrides only say how to read third-party code; none relaxes a flag for a module of nmi or iptables.
+        assert set(override) <= {"module", "ignore_missing_imports", "follow_imports"}, override
+        assert not any(module.startswith(("nmi", "iptables")) for module in override["module"]), override
         if override.get("ignore_missing_imports"):
             assert set(override["module"]) <= UNTYPED_LIBRARIES, override
