@@ -56,13 +56,11 @@ def test_unreadable_kubelet_config_is_refused(tmp_path):
 
 @pytest.fixture
 def fakes():
-    fakes = BackgroundFakes([A])
-    fakes.start()
-    fakes.put(make_identity("id-a", "ns", client_id=A.client_id))
-    fakes.put(make_binding("b", "ns", identity="id-a", selector="a"))
-    fakes.put(make_pod("app", "ns", "127.0.0.1", "life-node", labels={"aadpodidbinding": "a"}))
-    yield fakes
-    fakes.stop()
+    with BackgroundFakes([A]) as fakes:
+        fakes.put_all([make_identity("id-a", "ns", client_id=A.client_id),
+                       make_binding("b", "ns", identity="id-a", selector="a"),
+                       make_pod("app", "ns", "127.0.0.1", "life-node", labels={"aadpodidbinding": "a"})])
+        yield fakes
 
 
 def test_port_in_use_exits_1_naming_the_flag(fakes, tmp_path):

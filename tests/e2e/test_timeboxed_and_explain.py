@@ -26,14 +26,13 @@ IPS = {"open": "127.0.0.21", "closed": "127.0.0.22", "broken": "127.0.0.23"}
 
 @pytest.fixture(scope="module")
 def fakes():
-    fakes = BackgroundFakes([A, NODE_IDENTITY])
-    fakes.start()
-    fakes.put(make_identity("id-a", NS, client_id=A.client_id, resource_id=A.resource_id))
-    for name, windows in (("open", "Mon-Sun 00:00-24:00 UTC"), ("closed", CLOSED), ("broken", "Funday 00:00-01:00 UTC")):
-        fakes.put(make_binding(name, NS, identity="id-a", selector=name, active_windows=windows))
-        fakes.put(make_pod(name, NS, IPS[name], NODE, labels={"aadpodidbinding": name}))
-    yield fakes
-    fakes.stop()
+    with BackgroundFakes([A, NODE_IDENTITY]) as fakes:
+        fakes.put(make_identity("id-a", NS, client_id=A.client_id, resource_id=A.resource_id))
+        for name, windows in (("open", "Mon-Sun 00:00-24:00 UTC"), ("closed", CLOSED),
+                              ("broken", "Funday 00:00-01:00 UTC")):
+            fakes.put(make_binding(name, NS, identity="id-a", selector=name, active_windows=windows))
+            fakes.put(make_pod(name, NS, IPS[name], NODE, labels={"aadpodidbinding": name}))
+        yield fakes
 
 
 @pytest.fixture(scope="module")

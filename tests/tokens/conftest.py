@@ -71,26 +71,18 @@ def secrets() -> DictSecretReader:
 
 @pytest.fixture
 async def imds() -> AsyncIterator[FakeImds]:
-    fake = FakeImds([VmIdentity("cid-user-1", object_id="oid-user-1", resource_id="/subscriptions/s/rg/id-1"),
-                     VmIdentity("cid-user-2", object_id="oid-user-2"),
-                     VmIdentity("cid-system", object_id="oid-system", system_assigned=True)])
-    await fake.start()
-    try:
+    async with FakeImds([VmIdentity("cid-user-1", object_id="oid-user-1", resource_id="/subscriptions/s/rg/id-1"),
+                        VmIdentity("cid-user-2", object_id="oid-user-2"),
+                        VmIdentity("cid-system", object_id="oid-system", system_assigned=True)]) as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture
 async def aad(tmp_path, monkeypatch) -> AsyncIterator[FakeAad]:
-    fake = FakeAad()
-    await fake.start()
-    # requests reads REQUESTS_CA_BUNDLE per request and lets it override Session.verify.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "fake-aad-ca.pem")))
-    try:
+    async with FakeAad() as fake:
+        # requests reads REQUESTS_CA_BUNDLE per request and lets it override Session.verify.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "fake-aad-ca.pem")))
         yield fake
-    finally:
-        await fake.stop()
 
 
 ServiceFactory = Callable[..., TokenService]

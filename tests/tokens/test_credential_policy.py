@@ -44,14 +44,10 @@ async def test_allow_cross_namespace_secrets_restores_upstream(aad, make_service
 @pytest.fixture
 async def hostile(tmp_path, monkeypatch):
     """An attacker's https authority that nmi's TLS trusts, reachable as `localhost` (not an allowed host)."""
-    fake = FakeAad()
-    await fake.start()
-    fake.register_secret_app("tenant-a", "sp-client", "whatever")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "hostile-ca.pem")))
-    try:
+    async with FakeAad() as fake:
+        fake.register_secret_app("tenant-a", "sp-client", "whatever")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.write_ca_bundle(tmp_path / "hostile-ca.pem")))
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.mark.parametrize("endpoint", [

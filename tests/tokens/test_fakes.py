@@ -40,12 +40,8 @@ async def test_fake_imds_rejects_like_imds(imds, query, headers, description):
 
 
 async def test_fake_imds_without_selector_needs_a_single_or_system_identity():
-    fake = FakeImds([VmIdentity("a"), VmIdentity("b")])
-    await fake.start()
-    try:
+    async with FakeImds([VmIdentity("a"), VmIdentity("b")]) as fake:
         status, body = await fetch(f"{fake.url}{TOKEN}?resource=r", headers={"Metadata": "true"})
-    finally:
-        await fake.stop()
 
     assert status == 400 and "Multiple user assigned identities" in body["error_description"]
 
