@@ -16,6 +16,7 @@ from fakes.ports import unused_ports
 from nmi.assembly import StartupError
 from nmi.daemon import Daemon
 from tests.core.test_assembly import NODE, settings_for
+from tests.eventually import eventually
 
 ARM = "https://management.azure.com/"
 VM = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa", object_id="0a000000-0000-4000-8000-00000000000a")
@@ -55,11 +56,11 @@ async def test_the_daemon_serves_a_pod_its_token_and_stops_in_order(apiserver, i
     run = asyncio.create_task(daemon.run())
     async with aiohttp.ClientSession() as session:
         try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while await status_of(session, f"http://127.0.0.1:{probe_port}/readyz") != 200:
-                assert not run.done(), run.result()
-                assert asyncio.get_running_loop().time() < deadline, "nmi did not become ready"
-                await asyncio.sleep(0.05)
+            async def ready() -> bool:
+                assert not run.done(), run.result()  # a daemon that exited fails at once
+                return await status_of(session, f"http://127.0.0.1:{probe_port}/readyz") == 200
+
+            await eventually(ready, timeout=30, what="nmi ready")
             async with session.get(f"http://127.0.0.1:{port}/metadata/identity/oauth2/token",
                                    params={"resource": ARM}, headers={"Metadata": "true"}) as response:
                 assert response.status == 200
