@@ -44,7 +44,7 @@ def build_api_client(
             from kubernetes.config.kube_config import load_kube_config  # yaml, oauthlib...: only when used
 
             load_kube_config(config_file=first, client_configuration=configuration, persist_config=False)
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # an operator's file: whatever the loader (or its YAML parser) raises, one line
             raise KubeConfigError(f"cannot load kubeconfig {first}: {_one_line(exc)}") from exc
         return k8s_client.ApiClient(configuration)
 

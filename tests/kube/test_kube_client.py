@@ -72,6 +72,16 @@ def test_an_unreadable_kubeconfig_is_one_clear_line(tmp_path):
     assert message.startswith(f"cannot load kubeconfig {missing}") and "\n" not in message
 
 
+@pytest.mark.parametrize("content", ["apiVersion: v1\nclusters: [\n", "{unclosed: {", "- a\n b: :\n\t- c\n"])
+def test_a_kubeconfig_that_is_not_yaml_is_one_clear_line(tmp_path, content):
+    broken = tmp_path / "kubeconfig"
+    broken.write_text(content)
+    with pytest.raises(KubeConfigError) as caught:
+        build_api_client(kubeconfig=str(broken), environ={})
+    message = str(caught.value)
+    assert message.startswith(f"cannot load kubeconfig {broken}") and "\n" not in message
+
+
 def test_no_configuration_at_all_says_what_was_tried(monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
