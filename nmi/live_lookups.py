@@ -17,13 +17,12 @@ Imports no foreign library.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
 
 from .errors import NmiError, PodNotFound, Unavailable
+from .singleflight import Lru, SingleFlight
 
 R = TypeVar("R")
 
@@ -58,29 +57,26 @@ class NegativeCache:
     """Addresses recently found to name no pod (or whose lookup failed): a bounded LRU with a TTL."""
 
     def __init__(self, ttl: float, limit: int, clock: Callable[[], float]) -> None:
-        self._ttl, self._limit, self._clock = ttl, limit, clock
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self._ttl, self._clock = ttl, clock
+        self._until: Lru[str, float] = Lru(limit)
 
     def __len__(self) -> int:
         return len(self._until)
 
     def __contains__(self, ip: str) -> bool:
-        until = self._until.get(ip)
+        until = self._until.peek(ip)
         if until is None:
             return False
         if self._clock() < until:
             return True
-        del self._until[ip]
+        self._until.pop(ip)
         return False
 
     def add(self, ip: str) -> None:
-        self._until[ip] = self._clock() + self._ttl
-        self._until.move_to_end(ip)
-        while len(self._until) > self._limit:
-            self._until.popitem(last=False)
+        self._until.put(ip, self._clock() + self._ttl)
 
     def discard(self, ip: str) -> None:
-        self._until.pop(ip, None)
+        self._until.pop(ip)
 
 
 class LookupGate(Generic[R]):
@@ -92,7 +88,7 @@ class LookupGate(Generic[R]):
         self._limits = limits
         self._bucket = TokenBucket(limits.rate, limits.burst, clock)
         self._slots = asyncio.Semaphore(limits.concurrency)
-        self._in_flight: dict[str, asyncio.Future[R]] = {}
+        self._flights: SingleFlight[str, R] = SingleFlight(on_done=_retrieve)
         self.negative = NegativeCache(limits.negative_ttl, limits.negative_limit, clock)
         self.started = 0  # lookups actually made (metrics, tests)
         self.refused = 0  # lookups the rate limit turned away
@@ -100,16 +96,13 @@ class LookupGate(Generic[R]):
     async def __call__(self, ip: str) -> R:
         if ip in self.negative:
             raise PodNotFound()
-        task = self._in_flight.get(ip)
-        if task is None:
+        if ip not in self._flights:
             if not self._bucket.take():
                 self.refused += 1
                 raise PodNotFound("Too many unknown callers at once; the caller's pod could not be looked up",
                                   retry_after=1)
-            task = asyncio.ensure_future(self._bounded(ip))
-            self._in_flight[ip] = task
-            task.add_done_callback(functools.partial(self._finished, ip))
             self.started += 1
+        task = self._flights.start(ip, lambda: self._bounded(ip))
         try:
             return await asyncio.shield(task)
         except NmiError as exc:
@@ -126,8 +119,7 @@ class LookupGate(Generic[R]):
         finally:
             self._slots.release()
 
-    def _finished(self, ip: str, done: asyncio.Future[R]) -> None:
-        if self._in_flight.get(ip) is done:
-            del self._in_flight[ip]
-        if not done.cancelled():
-            done.exception()  # retrieved here too: every caller may have been cancelled meanwhile
+
+def _retrieve(ip: str, done: asyncio.Task[object]) -> None:
+    if not done.cancelled():
+        done.exception()  # retrieved here too: every caller may have been cancelled meanwhile

@@ -5,8 +5,8 @@
 * `SingleFlight`: at most one running task per key. Concurrent callers for one key share it; each awaits it
   through `shield`, so a caller that goes away does not cancel the work the others (and the cache) wait for.
 
-Pure asyncio; used by the token cache, the ServiceAccount assertion cache, the credential loader and the MSAL
-application cache.
+Pure asyncio; used by the token cache, the ServiceAccount assertion cache, the credential loader, the MSAL
+application cache and the live pod lookups (nmi.live_lookups).
 """
 
 from __future__ import annotations
