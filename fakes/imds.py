@@ -32,6 +32,12 @@ class VmIdentity:
     system_assigned: bool = False
 
 
+def user_assigned(name: str, *, client_id: str, object_id: str) -> VmIdentity:
+    """A user-assigned identity on the fake VM, named like Azure names it under the fakes' one resource group."""
+    return VmIdentity(client_id=client_id, object_id=object_id, resource_id=(
+        f"/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"))
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One programmed answer: a status with a JSON body, an optional Retry-After, and/or a delay first.

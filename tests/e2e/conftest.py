@@ -5,20 +5,19 @@ import pytest
 
 from demo.netns import REPO, Topology
 from fakes.background import BackgroundFakes
-from fakes.imds import VmIdentity
+from fakes.imds import VmIdentity, user_assigned
 from fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 
 from tests.e2e.harness import NmiProcess
 
 NODE = "e2e-node"
 NS = "e2e"
-RID = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}"
-A = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa", object_id="0a000000-0000-4000-8000-00000000000a",
-               resource_id=RID.format("id-a"))
-B = VmIdentity(client_id="bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb", object_id="0b000000-0000-4000-8000-00000000000b",
-               resource_id=RID.format("id-b"))
-C = VmIdentity(client_id="cccccccc-3333-4333-8333-cccccccccccc", object_id="0c000000-0000-4000-8000-00000000000c",
-               resource_id=RID.format("id-c"))
+A = user_assigned("id-a", client_id="aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa",
+                  object_id="0a000000-0000-4000-8000-00000000000a")
+B = user_assigned("id-b", client_id="bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb",
+                  object_id="0b000000-0000-4000-8000-00000000000b")
+C = user_assigned("id-c", client_id="cccccccc-3333-4333-8333-cccccccccccc",
+                  object_id="0c000000-0000-4000-8000-00000000000c")
 NODE_IDENTITY = VmIdentity(client_id="dddddddd-4444-4444-8444-dddddddddddd", system_assigned=True)
 
 

@@ -45,10 +45,15 @@ class NmiProcess:
                      f"--kubelet-config={kubelet}", "--manage-iptables=false", *extra]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Starts nmi without waiting for it to be ready: for tests of what callers see before that."""
         self._log = open(self.log_path, "w")
         env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def start(self) -> None:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"nmi exited: {self.log_path.read_text()}"

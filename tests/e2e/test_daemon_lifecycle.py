@@ -77,8 +77,7 @@ def test_port_in_use_exits_1_naming_the_flag(fakes, tmp_path):
 def test_not_ready_until_caches_sync_then_ready(fakes, tmp_path):
     fakes.call(lambda: fakes.api.fail_next(4, status=500, path_prefix="/api/v1/pods"))
     nmi = NmiProcess(tmp_path, fakes, node="life-node", extra=["--operation-mode=managed", "--forceNamespaced"])
-    nmi._log = open(nmi.log_path, "w")  # closed by nmi.stop()
-    nmi.proc = subprocess.Popen(nmi.argv, stdout=nmi._log, stderr=subprocess.STDOUT)
+    nmi.spawn()
     try:
         seen = set()
         deadline = time.monotonic() + 30

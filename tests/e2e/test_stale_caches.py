@@ -3,7 +3,6 @@ the real nmi process against the fake API server, which fails requests on demand
 
 from __future__ import annotations
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -115,9 +114,7 @@ def test_before_the_first_sync_callers_get_503_with_retry_after_never_identity_n
     fakes.call(lambda: fakes.api.fail_next(3, status=500, path_prefix="/api/v1/pods", verb="list"))
     fakes.call(lambda: fakes.api.fail_next(3, status=500, path_prefix=BINDINGS, verb="list"))
     nmi = nmi_process(fakes, tmp_path)
-    with open(nmi.log_path, "w") as log:
-        nmi.proc = subprocess.Popen(nmi.argv, stdout=log, stderr=subprocess.STDOUT)
-    nmi._log = open(nmi.log_path)
+    nmi.spawn()
     try:
         answers: list[Answer] = []
         probes: list[Answer] = []

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fakes.imds import VmIdentity
+from fakes.imds import user_assigned
 from fakes.kubeobjects import make_binding, make_identity, make_pod
 
 NODE = "faults-node"
 NS = "faults"
-RID = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}"
-X = VmIdentity(client_id="aaaaaaaa-1111-4111-8111-0000000000a1", object_id="0a000000-0000-4000-8000-0000000000a1",
-               resource_id=RID.format("id-x"))
-Y = VmIdentity(client_id="bbbbbbbb-2222-4222-8222-0000000000b2", object_id="0b000000-0000-4000-8000-0000000000b2",
-               resource_id=RID.format("id-y"))
+X = user_assigned("id-x", client_id="aaaaaaaa-1111-4111-8111-0000000000a1",
+                  object_id="0a000000-0000-4000-8000-0000000000a1")
+Y = user_assigned("id-y", client_id="bbbbbbbb-2222-4222-8222-0000000000b2",
+                  object_id="0b000000-0000-4000-8000-0000000000b2")
 BY_CLIENT_ID = {X.client_id: "id-x", Y.client_id: "id-y"}
 MANAGED_FLAGS = ["--operation-mode=managed", "--forceNamespaced"]
 
