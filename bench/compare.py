@@ -19,9 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .processes import REPO_ROOT, ServerProcess, cpu_layout, run_load, running
+from .processes import REPO_ROOT, ServerProcess, cpu_layout, run_load, running, token_answer
 from .scale import world_objects
-from .scenarios import _baseline, _best_of, _measured, _nmi, _token_answer
+from .scenarios import _baseline, _best_of, _measured, _nmi
 from .world import BenchFakes
 
 
@@ -53,8 +53,8 @@ def compare(before: Path, *, rounds: int, requests: int, concurrency: int, ident
                 running(lambda: _nmi_from(None, fakes, workdir, name="nmi-now", cpu=server_cpu)) as (new, t_new):
             out["startup_seconds"] = {"before": t_old, "now": t_new}
             out["rss_idle_mib"] = {"before": old.rss_mib(), "now": new.rss_mib()}
-            body = _token_answer(new.service_port)[1]
-            if _token_answer(old.service_port)[0] != 200:
+            body = token_answer(new.service_port)[1]
+            if token_answer(old.service_port)[0] != 200:
                 raise RuntimeError("the earlier nmi refused the benchmark pod")
             with running(lambda: _baseline(workdir, body_size=len(body), cpu=server_cpu)) as (base, _):
                 servers = (("baseline", base), ("before", old), ("now", new))

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 from fakes.ports import unused_port
 
-from .loadgen import LoadResult
+from .loadgen import LoadResult, token_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -54,6 +54,12 @@ def _pin(pid: int, cpu: int | None) -> None:
             os.sched_setaffinity(pid, {cpu})
         except ProcessLookupError:
             pass
+
+
+def token_answer(port: int, *, source: str = "127.0.0.1", timeout: float = 30.0) -> tuple[int, bytes]:
+    """(status, body) of one token request for the benchmark's usual resource, sent from `source`."""
+    return http_get(port, token_path(0, distinct_resources=False), source=source, headers={"Metadata": "true"},
+                    timeout=timeout)
 
 
 class PortTaken(RuntimeError):
@@ -165,6 +171,19 @@ def running(make: Callable[[], ServerProcess], *, attempts: int = 3) -> Iterator
         finally:
             process.stop()
         return
+
+
+def wait_indexed(server: "ServerProcess", source: str, *, timeout: float = 60.0) -> float:
+    """Seconds until a pod calling from `source` gets its token, i.e. nmi's watch cache holds the pod."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            if token_answer(server.service_port, source=source, timeout=10.0)[0] == 200:
+                return time.perf_counter() - started
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"nmi did not index the pod at {source} within {timeout} s:\n{server.log_tail()}")
 
 
 def run_load(port: int, count: int, *, concurrency: int, cpu: int | None, metadata: bool = True,

@@ -1,7 +1,8 @@
 """The rest of SPEC §10: a cluster-sized world, one upstream call per key under a burst, cold start, `--version`.
 
     fakes + world (250 pods, 10,000 AzureIdentity, 10,000 bindings) ── nmi #4: spawn → ready, RSS, peak RSS
-    nmi #1 (already running)  ── bursts of 1..256 simultaneous requests for a fresh resource: IMDS calls each
+    nmi #1 (already running)  ── bursts of 1..256 simultaneous requests for a fresh resource, from several bound
+                                 pods (at most 32 connections each): IMDS calls each
     `python -m nmi --version` ── wall time, a few runs
     `python -m bench.watch_apply` ── nmi's Informer on canned answers: list time, events/s, bytes kept per object
 
@@ -17,22 +18,36 @@ import time
 from typing import Any, Callable
 
 from .objects import binding, identity, pod
-from .processes import REPO_ROOT, ServerProcess, run_load, running
-from .world import NODE, BenchFakes
+from .processes import REPO_ROOT, ServerProcess, run_load, running, wait_indexed
+from .world import CONNECTIONS_PER_SOURCE, NODE, BenchFakes, bulk_pods, caller_sources, sources_for
 
 BURSTS = (1, 16, 256)
 
 
 def bursts(fakes: BenchFakes, nmi: ServerProcess, *, sizes: tuple[int, ...] = BURSTS,
-           client_cpu: int | None) -> list[dict[str, Any]]:
-    """For each size: that many connections ask at once for a resource nobody asked for before."""
+           client_cpu: int | None, per_source: int = CONNECTIONS_PER_SOURCE) -> list[dict[str, Any]]:
+    """For each size: that many connections ask at once for a resource nobody asked for before.
+
+    nmi holds at most 64 connections per source address (SPEC §7), so a burst comes from several pods bound to
+    the one identity, at most `per_source` connections each: every request is the same (identity, resource)
+    key. Those pods (the caller and bulk pods 0, 1, ...) are put in the fakes and indexed by `nmi` before the
+    first burst, and removed again after the last, so later scenarios find the cluster as it was."""
+    counts = {size: sources_for(size, per_source=per_source) for size in sizes}
+    extra = bulk_pods(0, max(counts.values(), default=1) - 1)  # the caller's pod is there already
+    fakes.put_all(extra)
+    for source in caller_sources(len(extra) + 1):
+        wait_indexed(nmi, source)
     out = []
     for size in sizes:
+        sources = caller_sources(counts[size])
         before = fakes.imds_token_requests()
-        result = run_load(nmi.service_port, size, concurrency=size, cpu=client_cpu,
+        result = run_load(nmi.service_port, size, concurrency=size, cpu=client_cpu, source=",".join(sources),
                           resource=f"https://burst-{size}-{time.time_ns()}.example/")
-        out.append({"concurrent_requests": size, "answered": result.answered, "statuses": result.statuses,
+        out.append({"concurrent_requests": size, "sources": len(sources), "answered": result.answered,
+                    "failed": result.failed, "statuses": result.statuses,
                     "imds_calls": fakes.imds_token_requests() - before})
+    for obj in extra:
+        fakes.delete("Pod", obj["metadata"]["namespace"], obj["metadata"]["name"])
     return out
 
 

@@ -10,7 +10,6 @@ Everything returned is plain data (dicts, numbers) for `bench.report`. Nothing h
 
 from __future__ import annotations
 
-import http.client
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from .loadgen import LoadResult, token_path
+from .loadgen import LoadResult
 from . import scale
-from .processes import ServerProcess, cpu_layout, free_port, http_get, run_load, running
-from .world import CALLER_IP, NODE, BenchFakes, bulk_pod_ip, bulk_pods
+from .processes import ServerProcess, cpu_layout, free_port, run_load, running, token_answer, wait_indexed
+from .world import NODE, BenchFakes, bulk_pod_ip, bulk_pods
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +79,6 @@ def _measured(server: ServerProcess, load: Callable[[], LoadResult]) -> dict[str
     return row
 
 
-def _token_answer(port: int, *, source: str = CALLER_IP, timeout: float = 30.0) -> tuple[int, bytes]:
-    return http_get(port, token_path(0, distinct_resources=False), source=source, headers={"Metadata": "true"},
-                    timeout=timeout)
-
-
-def _wait_indexed(nmi: ServerProcess, source: str, *, timeout: float = 60.0) -> float:
-    """Seconds until a pod calling from `source` gets its token, i.e. nmi's watch cache holds the pod."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        try:
-            if _token_answer(nmi.service_port, source=source, timeout=10.0)[0] == 200:
-                return time.perf_counter() - started
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"nmi did not index the pod at {source} within {timeout} s:\n{nmi.log_tail()}")
-
-
 def _best_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the highest throughput (the least disturbed by whatever else runs on the machine),
     with every round's throughput kept for the record."""
@@ -112,7 +93,7 @@ def _hits_errors_misses(fakes: BenchFakes, config: BenchConfig, *, server_cpu: i
     with running(lambda: _nmi(fakes, config.workdir, name="nmi-small", cpu=server_cpu)) as (nmi, nmi_startup):
         out["nmi_startup_seconds"] = nmi_startup
         out["nmi_rss_idle_mib"] = nmi.rss_mib()
-        status, body = _token_answer(nmi.service_port)
+        status, body = token_answer(nmi.service_port)
         if status != 200:
             raise RuntimeError(f"nmi refused the benchmark pod ({status}): {body[:300]!r}")
         out["token_body_bytes"] = len(body)
@@ -158,11 +139,11 @@ def _pods(fakes: BenchFakes, config: BenchConfig, *, server_cpu: int | None) -> 
     fakes.put_all(bulk_pods(0, config.pods_at_start))
     with running(lambda: _nmi(fakes, config.workdir, name="nmi-pods", cpu=server_cpu)) as (nmi, started):
         out["nmi_startup_with_pods_seconds"] = started
-        _wait_indexed(nmi, bulk_pod_ip(config.pods_at_start - 1))
+        wait_indexed(nmi, bulk_pod_ip(config.pods_at_start - 1))
         out["nmi_rss_pods_at_start_mib"] = nmi.rss_mib()
         added = time.perf_counter()
         fakes.put_all(bulk_pods(config.pods_at_start, config.pods_total))
-        _wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
+        wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
         out["seconds_to_index_added_pods"] = time.perf_counter() - added
         out["nmi_rss_pods_total_mib"] = nmi.rss_mib()
         out["nmi_peak_rss_mib"] = nmi.peak_rss_mib()
@@ -170,7 +151,7 @@ def _pods(fakes: BenchFakes, config: BenchConfig, *, server_cpu: int | None) -> 
     # A fresh start with every pod: the initial list is the biggest thing nmi ever holds at once.
     with running(lambda: _nmi(fakes, config.workdir, name="nmi-all-pods", cpu=server_cpu)) as (nmi, started):
         out["nmi_startup_with_all_pods_seconds"] = started
-        _wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
+        wait_indexed(nmi, bulk_pod_ip(config.pods_total - 1))
         out["nmi_rss_all_pods_at_start_mib"] = nmi.rss_mib()
         out["nmi_peak_rss_all_pods_at_start_mib"] = nmi.peak_rss_mib()
         out["nmi_all_pods_exit_code"] = nmi.stop()

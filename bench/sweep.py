@@ -14,14 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .processes import cpu_layout, run_load, running
-from .scenarios import _baseline, _nmi, _token_answer
-from .world import CALLER_IP, BenchFakes, bulk_pod_ip, bulk_pods
+from .processes import cpu_layout, run_load, running, token_answer
+from .scenarios import _baseline, _nmi
+from .world import BenchFakes, bulk_pods, caller_sources
 
 # nmi holds at most 64 connections per source address (SPEC §7): above that the load comes from several pods,
-# at most 32 connections each. The baseline gets the same sources.
+# at most 32 connections each (256 over 8). The baseline gets the same sources.
 CALLER_PODS = 8
-SOURCES = ",".join([CALLER_IP, *(bulk_pod_ip(i) for i in range(CALLER_PODS - 1))])
+SOURCES = ",".join(caller_sources(CALLER_PODS))
 
 CONNECTIONS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -32,7 +32,7 @@ def sweep(*, workdir: Path, requests: int, rounds: int, connections: tuple[int, 
     with BenchFakes(workdir) as fakes:
         fakes.put_all(bulk_pods(0, CALLER_PODS - 1))
         with running(lambda: _nmi(fakes, workdir, name="nmi-sweep", cpu=server_cpu)) as (nmi, _):
-            status, body = _token_answer(nmi.service_port)
+            status, body = token_answer(nmi.service_port)
             if status != 200:
                 raise RuntimeError(f"nmi refused the benchmark pod ({status})")
             with running(lambda: _baseline(workdir, body_size=len(body), cpu=server_cpu)) as (baseline, _):

@@ -23,6 +23,9 @@ IDENTITY = VmIdentity(
     resource_id=("/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/"
                  "userAssignedIdentities/bench"))
 CALLER_IP = "127.0.0.1"
+# nmi holds at most 64 connections per source address (SPEC §7, by design): more simultaneous connections than
+# that come from several pods bound to the same identity, this many at most from each.
+CONNECTIONS_PER_SOURCE = 32
 
 
 def base_objects() -> list[dict[str, Any]]:
@@ -45,6 +48,19 @@ def bulk_pods(start: int, stop: int) -> list[dict[str, Any]]:
     return [make_pod(f"app-{i:05d}", NAMESPACE, bulk_pod_ip(i), NODE, replicaset=f"app-{i // 50:04d}",
                      labels={"aadpodidbinding": SELECTOR, "app": f"app-{i // 50:04d}"}, uid=f"uid-{i:05d}")
             for i in range(start, stop)]
+
+
+def caller_sources(count: int) -> list[str]:
+    """`count` source addresses of pods bound to the benchmark's identity: the caller's, then bulk pods 0, 1, ...
+    (those must be in the fakes, and indexed by the nmi under test, before they call)."""
+    return [CALLER_IP, *(bulk_pod_ip(i) for i in range(count - 1))]
+
+
+def sources_for(connections: int, *, per_source: int = CONNECTIONS_PER_SOURCE) -> int:
+    """How many source addresses carry `connections` with at most `per_source` from each."""
+    if not 0 < per_source <= 64:
+        raise ValueError("nmi holds at most 64 connections per source address")
+    return max(1, -(-connections // per_source))
 
 
 class BenchFakes(BackgroundFakes):
