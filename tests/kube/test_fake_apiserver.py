@@ -99,3 +99,69 @@ class _no_error:
 
     def __exit__(self, *exc):
         return False
+
+
+async def list_pages(session: aiohttp.ClientSession, url: str, **params: str) -> tuple[list[dict], list[str | None]]:
+    """Every item of a paged list, and the continue token each page was asked with."""
+    items: list[dict] = []
+    asked: list[str | None] = [None]
+    while True:
+        query = dict(params, **({"continue": asked[-1]} if asked[-1] else {}))
+        async with session.get(url, params=query) as response:
+            assert response.status == 200 and response.content_type == "application/json"
+            page = json.loads(await response.read())
+        items += page["items"]
+        if not page["metadata"].get("continue"):
+            return items, asked
+        asked.append(page["metadata"]["continue"])
+
+
+async def test_lists_page_in_key_order_and_serve_each_object_as_last_stored(apiserver):
+    # Namespaces where one is a prefix of another, as the key order and the namespaced list must get right.
+    for i in range(12):
+        apiserver.put(make_pod(f"p{i:02d}", namespace="team", labels={"tier": "x" if i % 2 else "y"}))
+        apiserver.put(make_pod(f"p{i:02d}", namespace="team-b", labels={"tier": "x"}))
+    apiserver.put(make_pod("p03", namespace="team", ip="10.244.9.9", labels={"tier": "y"}))  # replaced
+    apiserver.delete("Pod", "team-b", "p05")
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        items, asked = await list_pages(session, f"{apiserver.url}/api/v1/pods", limit="10")
+        assert asked == [None, "10", "20"]
+        keys = [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items]
+        assert keys == sorted({(ns, f"p{i:02d}") for ns in ("team", "team-b") for i in range(12)} - {("team-b", "p05")})
+        assert items == [apiserver.state.get("pods", ns, name) for ns, name in keys]
+        replaced = items[keys.index(("team", "p03"))]
+        assert replaced["status"]["podIP"] == "10.244.9.9" and replaced["metadata"]["labels"] == {"tier": "y"}
+        assert replaced["metadata"]["resourceVersion"] == str(apiserver.state.resource_version - 1)
+
+        team, _ = await list_pages(session, f"{apiserver.url}/api/v1/namespaces/team/pods", limit="5")
+        assert [p["metadata"]["name"] for p in team] == [f"p{i:02d}" for i in range(12)]
+        selected, _ = await list_pages(session, f"{apiserver.url}/api/v1/namespaces/team/pods", labelSelector="tier=y")
+        assert [p["metadata"]["name"] for p in selected] == ["p00", "p02", "p03", "p04", "p06", "p08", "p10"]
+        async with session.get(f"{apiserver.url}/api/v1/pods", params={"limit": "4"}) as response:
+            first = await response.json()
+        assert first["metadata"]["resourceVersion"] == str(apiserver.state.resource_version)
+        assert [first["apiVersion"], first["kind"]] == ["v1", "PodList"]
+
+        # Objects coming and going after lists were served: each next list sees them.
+        apiserver.put(make_pod("p05", namespace="team-b", labels={"tier": "x"}))
+        items, _ = await list_pages(session, f"{apiserver.url}/api/v1/pods", limit="7")
+        keys = [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items]
+        assert ("team-b", "p05") in keys and keys == sorted(keys) and len(keys) == 24
+        apiserver.delete("Pod", "team", "p00")
+        items, _ = await list_pages(session, f"{apiserver.url}/api/v1/pods", limit="7")
+        assert ("team", "p00") not in [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in items]
+        assert len(items) == 23
+
+
+async def test_what_the_caller_holds_is_a_copy_the_server_never_serves(apiserver):
+    pod = make_pod("web", ip="10.244.0.7")
+    stored = apiserver.put(pod)
+    pod["metadata"]["labels"] = {"changed": "by the caller"}
+    stored["status"]["podIP"] = "10.244.6.6"
+    apiserver.state.list("pods", None, lambda obj: True)[0][0]["spec"]["nodeName"] = "node-9"
+    async with aiohttp.ClientSession(headers=HEADERS) as session:
+        async with session.get(f"{apiserver.url}/api/v1/pods") as response:
+            [served] = (await response.json())["items"]
+    assert served == apiserver.state.get("pods", "default", "web")
+    assert (served["status"]["podIP"], served["spec"]["nodeName"]) == ("10.244.0.7", "node-1")
+    assert "changed" not in (served["metadata"].get("labels") or {})
