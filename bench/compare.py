@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .processes import REPO_ROOT, ServerProcess, cpu_layout, run_load, running, token_answer
+from .processes import REPO_ROOT, ServerProcess, compile_bytecode, cpu_layout, run_load, running, token_answer
 from .scale import world_objects
 from .scenarios import _baseline, _best_of, _measured, _nmi
 from .world import BenchFakes
@@ -45,6 +45,8 @@ def _watch_apply(tree: Path, *, identities: int, cpu: int | None) -> dict[str, A
 
 def compare(before: Path, *, rounds: int, requests: int, concurrency: int, identities: int) -> dict[str, Any]:
     server_cpu, client_cpu = cpu_layout()
+    compile_bytecode()
+    compile_bytecode(before)
     workdir = Path(tempfile.mkdtemp(prefix="nmi-compare-"))
     trees: dict[str, Path | None] = {"before": before, "now": None}
     out: dict[str, Any] = {"load_average_at_start": os.getloadavg()}

@@ -6,6 +6,7 @@ with two), and is stopped by `ServerProcess.stop` whatever happened: callers use
 
 from __future__ import annotations
 
+import compileall
 import http.client
 import json
 import os
@@ -23,6 +24,15 @@ from .loadgen import LoadResult, token_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def compile_bytecode(tree: Path = REPO_ROOT) -> None:
+    """Compiles the bytecode of nmi, iptables and the bench launcher in `tree`, as the image does at install time
+    (Dockerfile). Where PYTHONDONTWRITEBYTECODE is set (as on the build machine) nothing else writes it, and every
+    nmi start would compile its ~100 modules from source first (~0.1 s), which no deployed nmi does."""
+    for package in ("nmi", "iptables", "bench"):
+        if (tree / package).is_dir():
+            compileall.compile_dir(tree / package, quiet=1)
 
 
 def free_port() -> int:

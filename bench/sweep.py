@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .processes import cpu_layout, run_load, running, token_answer
+from .processes import compile_bytecode, cpu_layout, run_load, running, token_answer
 from .scenarios import _baseline, _nmi
 from .world import BenchFakes, bulk_pods, caller_sources
 
@@ -28,6 +28,7 @@ CONNECTIONS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 def sweep(*, workdir: Path, requests: int, rounds: int, connections: tuple[int, ...] = CONNECTIONS) -> dict[str, Any]:
     server_cpu, client_cpu = cpu_layout()
+    compile_bytecode()
     rows: dict[str, list[dict[str, Any]]] = {"nmi": [], "baseline": []}
     with BenchFakes(workdir) as fakes:
         fakes.put_all(bulk_pods(0, CALLER_PODS - 1))

@@ -132,3 +132,25 @@ def test_connection_sweep_measures_both_servers_and_plots(tmp_path, no_leftover_
 
     plot(result, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_startup_with_a_world_starts_nmi_each_time_until_every_cache_is_listed(tmp_path, no_leftover_children):
+    from bench.startup import startup
+
+    result = startup(workdir=tmp_path, runs=2, pods=3, identities=20, namespaces=2)
+    assert len(result["starts"]) == 2 and all(start["exit_code"] == 0 for start in result["starts"])
+    assert result["best_spawn_to_ready_seconds"] == min(s["spawn_to_ready_seconds"] for s in result["starts"]) > 0
+    assert all(start["nmi_cpu_seconds"] > 0 and start["rss_mib"] > 0 for start in result["starts"])
+
+
+def test_bytecode_is_compiled_as_the_image_compiles_it(tmp_path):
+    import importlib.util
+
+    from bench.processes import compile_bytecode
+
+    (tmp_path / "nmi" / "kube").mkdir(parents=True)
+    sources = [tmp_path / "nmi" / "__init__.py", tmp_path / "nmi" / "kube" / "informer.py"]
+    for source in sources:
+        source.write_text("VALUE = 1\n")
+    compile_bytecode(tmp_path)  # no iptables/ or bench/ here: skipped
+    assert all(Path(importlib.util.cache_from_source(str(source))).is_file() for source in sources)
