@@ -2,7 +2,8 @@
 
 Runs nmi's real Informer (thread, ndjson framing, JSON parsing, projection, hand-over to the loop, stores) in this
 process against canned API answers of realistic size (`bench.objects`), so the figures are nmi's work and not the
-fake API server's (which is Python too and slower than a real one). `python -m bench.watch_apply` prints JSON.
+fake API server's (which is Python too and slower than a real one). The lists are paged as nmi asks for them and
+encoded before the clock starts, so the list CPU is nmi's alone. `python -m bench.watch_apply` prints JSON.
 
 Bytes per object are what the stores retain after the raw JSON is gone (tracemalloc, in a separate pass so the
 timing passes run untraced), everything included: the value object, its strings, and the index entries.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import json
 import sys
 import threading
@@ -70,14 +72,33 @@ def _list_body(items: list[dict[str, Any]]) -> bytes:
                        "items": items}).encode()
 
 
+# The page size nmi's informers list with (client-go's too): the canned answers are paged by it.
+LIST_PAGE: int = inspect.signature(Informer).parameters["list_page"].default
+
+
+def _pages(items: list[dict[str, Any]], limit: int) -> list[bytes]:
+    """The list as the API server pages it: `limit` items a page, each page but the last naming the next one."""
+    pages = []
+    for number, start in enumerate(range(0, max(1, len(items)), limit)):
+        more = {"continue": str(number + 1)} if start + limit < len(items) else {}
+        pages.append(json.dumps({"kind": "List", "apiVersion": "v1",
+                                 "metadata": {"resourceVersion": "200000", **more},
+                                 "items": items[start:start + limit]}).encode())
+    return pages
+
+
 def _canned(items: list[dict[str, Any]], events: list[bytes], *, started: list[float],
-            stop: threading.Event) -> Callable[..., _Answer]:
+            stop: threading.Event, list_page: int = LIST_PAGE) -> Callable[..., _Answer]:
+    # Encoded here, before the clock starts: encoding is the API server's work, not nmi's.
+    pages = _pages(items, list_page)
     watches = 0
 
     def list_call(**kwargs: Any) -> _Answer:
         nonlocal watches
         if not kwargs.get("watch"):
-            return _Answer(_list_body(items))
+            if kwargs.get("limit") != list_page:
+                raise AssertionError(f"canned lists are paged by {list_page}, asked for {kwargs.get('limit')}")
+            return _Answer(pages[int(kwargs.get("_continue") or 0)])
         watches += 1
         if watches == 1 and events:
             return _Answer(chunks=events, hold=stop, on_first=lambda: started.extend((time.perf_counter(), time.process_time())))
@@ -87,12 +108,13 @@ def _canned(items: list[dict[str, Any]], events: list[bytes], *, started: list[f
 
 
 async def _run_informer(resource: str, project: Callable[[Any], Any], store: Any, items: list[dict[str, Any]],
-                        events: list[bytes], *, changes_expected: int, counter: list[int]) -> dict[str, float]:
+                        events: list[bytes], *, changes_expected: int, counter: list[int],
+                        list_page: int = LIST_PAGE) -> dict[str, float]:
     stop, started = threading.Event(), []
     done = asyncio.Event()
-    target = WatchTarget(resource=resource, list_call=_canned(items, events, started=started, stop=stop),
-                         project=project)
-    informer = Informer(target, store)
+    target = WatchTarget(resource=resource, project=project,
+                         list_call=_canned(items, events, started=started, stop=stop, list_page=list_page))
+    informer = Informer(target, store, list_page=list_page)
     counter[0], expected_total = 0, changes_expected + 1  # +1: the list's replace
     counter.append(lambda: done.set() if counter[0] >= expected_total else None)
     list_started, list_cpu = time.perf_counter(), time.process_time()
