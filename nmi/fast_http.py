@@ -9,8 +9,9 @@ handler's speed. So the listen path (`nmi.listen`) first offers each chunk a con
 * exactly one complete head and nothing after it (no body, no pipelined second request, no partial head);
 * `GET`, an origin-form target of visible ASCII without `#`, `HTTP/1.1`;
 * header lines `name: value` with a token name and a printable-ASCII value, no name twice, at most 8190 bytes in
-  all (aiohttp's own line limit), and none of the headers that change how a message is framed or the connection
-  is used (Content-Length, Transfer-Encoding, Expect, Connection, Upgrade, TE, Trailer).
+  all (aiohttp's own line limit), a Host header (HTTP/1.1 requires one), and none of the headers that change how a
+  message is framed or the connection is used (Content-Length, Transfer-Encoding, Expect, Connection, Upgrade, TE,
+  Trailer) or that aiohttp refuses (Sec-WebSocket-Key1).
 
 Whatever it accepts, aiohttp's parser reads the same way (tests/core/test_fast_http.py proves it against
 aiohttp's own parser), so a request means the same whichever lane serves it. What the fast lane answers is
@@ -30,7 +31,9 @@ _HEADER = rb"(" + _TOKEN + rb"):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*\r\n"
 _HEAD = re.compile(rb"GET (/[!-\"$-~]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[ \t]*[ -~]*\r\n)*)\r\n")
 _HEADERS = re.compile(_HEADER)
 # Headers that frame a body, ask for an interim answer or change the connection: aiohttp handles those.
-_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "expect", "connection", "upgrade", "te", "trailer"})
+# Sec-WebSocket-Key1 (the old WebSocket handshake) aiohttp refuses outright.
+_NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "expect", "connection", "upgrade", "te", "trailer",
+                         "sec-websocket-key1"})
 
 
 class LowerCaseHeaders(Mapping[str, str]):
@@ -78,6 +81,8 @@ def simple_get(data: bytes) -> SimpleGet | None:
         headers[key] = value.decode("ascii")
         lines += 1
     if len(headers) != lines or match.group(2).count(b"\r\n") != lines:  # a name given twice: aiohttp's to decide
+        return None
+    if "host" not in headers:  # HTTP/1.1 requires it; aiohttp answers 400 without
         return None
     return SimpleGet(target, target.partition("?")[2], LowerCaseHeaders(headers))
 
