@@ -325,3 +325,36 @@ async def test_the_query_is_percent_decoded_once_on_either_lane(lanes, port_of):
         assert status == b"HTTP/1.1 200 OK"
         assert json.loads(body)["resource"] == resource
     assert [q["resource"] for q in lanes.imds.queries] == [resource]
+
+
+async def test_a_bug_in_the_fast_lane_leaves_the_request_to_aiohttp_and_the_daemon_serving(lanes, caplog):
+    await exchange(lanes.plain_port, token_get())
+    real = lanes.lane.lane
+
+    class Broken:
+        """An observer that fails (a bug) in the real lane: the request must still be answered."""
+
+        def __init__(self) -> None:
+            self.failures = 0
+
+        def token_request(self, **seen: Any) -> None:
+            self.failures += 1
+            raise RuntimeError("observer bug")
+
+    working, broken = real._observer, Broken()
+    real._observer = broken
+    try:
+        connection = await Connection.open(lanes.fast_port)
+        try:
+            await connection.send(token_get())
+            status, _, _ = await connection.response()
+            await connection.send(token_get())  # the connection survived
+            again, _, _ = await connection.response()
+        finally:
+            connection.close()
+    finally:
+        real._observer = working
+    assert "internal error in the token route's fast lane" in caplog.text
+    assert broken.failures == 2  # the lane's own observer, once per request
+    assert lanes.lane.answered == 0
+    assert status == again == b"HTTP/1.1 200 OK"  # answered by aiohttp's path (its observer is the app's)
