@@ -94,6 +94,32 @@ class TokenBroker:
         self._require_trusted(identity_only=True)  # the pod index guards its own cache (live confirmation)
         return await self._pods.pod_for_ip(ip)
 
+    def cached_caller(self, ip: str) -> PodInfo | None:
+        """What `caller` answers without awaiting or raising (the pod cache's only live owner of the IP, while every
+        cache can be trusted); None when `caller` would look further or refuse."""
+        if self._caches is not None and self._caches.identity_problems():
+            return None
+        return self._pods.cached_pod_for_ip(ip)
+
+    def cached_outcome(self, pod: PodInfo, request: TokenRequest) -> Outcome | None:
+        """What `token_for` answers without awaiting: the same decision, and a token the cache holds; None when
+        `token_for` would fetch, wait or refuse (the caller then asks `token_for`)."""
+        if self._policy.mode == STANDARD and self._caches is not None and self._caches.identity_problems():
+            return None
+        decision = self.decide(pod, request)
+        if decision.source == NODE:
+            grant = self._tokens.cached_for_node(request.resource, client_id=request.client_id,
+                                                 resource_id=request.resource_id, object_id=request.object_id)
+            if grant is None:
+                return None
+            log.info("exception pod %s uses the node's identity", pod.key)
+            return Outcome(pod, None, grant)
+        if not decision.ready or request.object_id:
+            return None
+        identity = decision.ready[0]
+        grant = self._tokens.cached(identity, request.resource)
+        return Outcome(pod, identity, grant, decision.binding_for(identity)) if grant is not None else None
+
     def named_pod(self, namespace: str, name: str) -> PodInfo:
         """/host/token: a node process asks on behalf of a named pod, read from the cache only."""
         self._require_trusted(identity_only=False)

@@ -22,9 +22,10 @@ from aiohttp import web
 from . import __version__
 from .assembly import Parts, StartupError, assemble
 from .cli import Settings
-from .listen import KEEPALIVE_SECONDS, ConnectionLimits, GuardedSite, raise_fd_soft_limit, total_connections_for
+from .listen import (KEEPALIVE_SECONDS, ConnectionLimits, FastLane, GuardedSite, raise_fd_soft_limit,
+                     total_connections_for)
 from .readiness import DaemonState
-from .server import DRAIN, metrics_app, probe_app, token_app
+from .server import DRAIN, FAST_LANE, metrics_app, probe_app, token_app
 
 log = logging.getLogger("nmi")
 
@@ -61,7 +62,7 @@ class Daemon:
             await _listen(side_runners[0], "0.0.0.0", settings.probe_port, "--http-probe-port", limits=limits)
             await _listen(side_runners[1], "0.0.0.0", settings.prometheus_port, "--prometheus-port", limits=limits)
             token_site = await _listen(token_runner, settings.listen_address, settings.port, "--nmi-port",
-                                       limits=limits, json_errors=True)
+                                       limits=limits, json_errors=True, fast=tokens[FAST_LANE])
             tasks = {name: asyncio.create_task(start(), name=name) for name, start in parts.root_tasks.items()}
             chain = asyncio.create_task(parts.chain_task(self.stop), name="iptables") if parts.chain_task else None
             log.info("listening on %s:%d (nmi %s, %s mode)", settings.listen_address, settings.port, __version__,
@@ -100,8 +101,8 @@ class Daemon:
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int, flag: str, *,
-                  limits: ConnectionLimits, json_errors: bool = False) -> web.TCPSite:
-    site = GuardedSite(runner, host, port, limits=limits, json_errors=json_errors, reuse_address=True)
+                  limits: ConnectionLimits, json_errors: bool = False, fast: FastLane | None = None) -> web.TCPSite:
+    site = GuardedSite(runner, host, port, limits=limits, json_errors=json_errors, reuse_address=True, fast=fast)
     try:
         await site.start()
     except OSError as exc:

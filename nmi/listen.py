@@ -14,8 +14,16 @@ and both probes. Here, per connection:
 * the errors aiohttp's parser answers before any middleware runs (malformed request line, unknown method, header
   too long) are IMDS JSON like every other error, and logged at debug (a pod's garbage is not an nmi error).
 
-The handler relies on three attributes of aiohttp's RequestHandler (`_waiter`, `_messages`, `_request_count`);
-tests/security/test_connection_limits.py fails if an aiohttp upgrade changes them.
+The token port also has a fast lane (`nmi.fast_http`): a chunk that is one plain complete GET head, arriving while
+aiohttp waits for the next request, is first offered to the token route's `FastLane`, which answers a cached token
+without aiohttp's request machinery or declines; declined or not plain, the chunk goes to aiohttp as it came. Once
+a connection has sent anything not plain (a partial head, a body, two requests at once) it stays with aiohttp,
+so aiohttp's parser is never fed a request in the middle of another.
+
+The handler relies on attributes of aiohttp's RequestHandler (`_waiter`, `_messages`, `_request_count`,
+`_force_close`, `_close`, `_payload_parser`, `_upgraded`, `_paused`, `_next_keepalive_close_time`,
+`_keepalive_timeout`); tests/security/test_connection_limits.py and tests/core/test_fast_lane.py fail if an
+aiohttp upgrade changes them.
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from . import imds
+from .fast_http import SimpleGet, simple_get
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +119,19 @@ class ConnectionLimits:
         return False
 
 
+# The token route's fast lane: (request, caller's source address) -> the complete answer, or None to let aiohttp serve.
+FastLane = Callable[[SimpleGet, str], "bytes | None"]
+
+
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors")
+    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors", "_fast")
     # _admitted: aiohttp's connection_made ran (so its connection_lost must run too); the slot in the limits is
     # given back by release(), which is idempotent (an evicted connection gives it back before it is lost)
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, json_errors: bool,
-                 **kwargs: Any) -> None:
+                 fast: FastLane | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._fast = fast  # None once the connection sent anything not plain: aiohttp alone from then on
         self._json_errors = json_errors
         self._limits = limits
         self._head_timeout = head_timeout
@@ -149,12 +163,33 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self._fast is not None and self._answered_fast(data):
+            return
         if self._head_timer is None and data and self._waiting_for_next_request():
             self._arm_head_timer()  # the first byte of the next request on a kept-alive connection
         heads_before = self._request_count
         super().data_received(data)
         if self._request_count != heads_before:
             self._disarm_head_timer()
+
+    def _answered_fast(self, data: bytes) -> bool:
+        request = simple_get(data)
+        if request is None:
+            self._fast = None  # aiohttp's parser may now hold part of a request: never answer beside it
+            return False
+        if (self._force_close or self._close or self._paused or self._payload_parser is not None or self._upgraded
+                or not self._waiting_for_next_request() or self.transport is None):
+            return False  # aiohttp is busy with this connection (or it is closing): it answers, in order
+        assert self._fast is not None
+        response = self._fast(request, self._source)
+        if response is None:
+            return False
+        self.transport.write(response)
+        self._request_count += 1
+        self._disarm_head_timer()
+        if self._keepalive_timeout > 0:  # aiohttp's idle timer, as after any answer it writes
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        return True
 
     def idle(self) -> bool:
         """Answered at least one request and nothing of the next one has arrived."""
@@ -217,12 +252,13 @@ def imds_json_error(status: int, description: str) -> web.Response:
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections are GuardedRequestHandlers; stop/cleanup work as for any site."""
 
-    __slots__ = ("_limits", "_head_timeout", "_json_errors")
+    __slots__ = ("_limits", "_head_timeout", "_json_errors", "_fast")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ConnectionLimits,
                  head_timeout: float = HEAD_TIMEOUT_SECONDS, json_errors: bool = False,
-                 reuse_address: bool | None = True) -> None:
+                 reuse_address: bool | None = True, fast: FastLane | None = None) -> None:
         super().__init__(runner, host, port, reuse_address=reuse_address)
+        self._fast = fast
         self._limits = limits
         self._head_timeout = head_timeout
         self._json_errors = json_errors  # the token port answers IMDS JSON errors only; probes keep aiohttp's
@@ -236,7 +272,7 @@ class GuardedSite(web.TCPSite):
 
         def guarded() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, limits=self._limits, head_timeout=self._head_timeout,
-                                         json_errors=self._json_errors, **handler_kwargs)
+                                         json_errors=self._json_errors, fast=self._fast, **handler_kwargs)
 
         self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog,
                                                 reuse_address=self._reuse_address, reuse_port=self._reuse_port)

@@ -76,6 +76,16 @@ class PodIndex:
             return list(owners.values())
         return [owners[key] for key in sorted(owners)]
 
+    def cached_pod_for_ip(self, ip: str) -> PodInfo | None:
+        if self.health is not None and self.health.state(POD_CACHE) != FRESH:
+            return None
+        owners = self._by_ip.get(ip)
+        if owners is None or len(owners) != 1:
+            return None
+        for pod in owners.values():
+            return pod
+        return None
+
     async def pod_for_ip(self, ip: str) -> PodInfo:
         state = self.health.state(POD_CACHE) if self.health is not None else FRESH
         if state == NOT_SYNCED:

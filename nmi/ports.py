@@ -19,6 +19,10 @@ class PodDirectory(Protocol):
         Raises errors.PodNotFound (503 + Retry-After) or errors.PodConflict (two live pods share the IP).
         """
 
+    def cached_pod_for_ip(self, ip: str) -> PodInfo | None:
+        """What `pod_for_ip` answers without awaiting or raising: the IP's only live owner while the pod cache is
+        fresh; None whenever `pod_for_ip` would look further, wait or refuse."""
+
     def pod_by_name(self, namespace: str, name: str) -> PodInfo | None:
         """From the cache only."""
 
@@ -85,6 +89,14 @@ class TokenSource(Protocol):
                            object_id: str = "") -> TokenGrant:
         """Straight from IMDS for the node's own identities (exception pods, MIC), at most one selector given:
         forwarded as IMDS's client_id, msi_res_id or object_id."""
+
+    def cached(self, identity: Identity, resource: str) -> TokenGrant | None:
+        """What `get` answers without awaiting (a usable cached token), else None. May raise what `get` raises
+        before it fetches (IdentityConfigurationError)."""
+
+    def cached_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                        object_id: str = "") -> TokenGrant | None:
+        """What `get_for_node` answers without awaiting, else None."""
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         """Drop cached tokens of identities no longer present."""

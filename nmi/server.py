@@ -17,10 +17,12 @@ from typing import Any, Awaitable, Callable, Mapping, cast
 
 import aiohttp
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 
-from . import __version__, imds
+from . import __version__, fast_http, imds
 from .broker import Outcome, TokenBroker
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NmiError, Unavailable
+from .fast_http import SimpleGet
 from .imds import Route
 from .model import PodInfo
 from .observer import AccessObserver
@@ -50,9 +52,11 @@ DRAIN = web.AppKey("drain", Drain)
 def caller_ip(request: web.Request) -> str:
     """The TCP peer address (DNAT keeps the pod's source address). IPv4-mapped IPv6 is unwrapped."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    if not peer:
-        return ""
-    host: str = peer[0]
+    return peer_ip(peer[0]) if peer else ""
+
+
+def peer_ip(host: str) -> str:
+    """A peer address as the pod index spells IPs: IPv4-mapped IPv6 unwrapped, IPv6 compressed."""
     if ":" not in host:  # an AF_INET peer: the kernel's dotted quad is already the canonical spelling
         return host
     address = ipaddress.ip_address(host)
@@ -162,7 +166,7 @@ async def observed(request: web.Request, route: Route, handler: TokenHandler) ->
 
 async def token(request: web.Request, seen: Seen) -> web.Response:
     app = request.app  # a property walk per access: once per request
-    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
+    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.rel_url.raw_query_string),
                                       metadata_required=app[CONFIG].metadata_header_required)
     seen.resource = parsed.resource
     broker = app[BROKER]
@@ -178,7 +182,7 @@ async def host_token(request: web.Request, seen: Seen) -> web.Response:
     podns, podname = request.headers.get("podns", ""), request.headers.get("podname", "")
     if not podns or not podname:
         raise BadRequest("missing 'podname' and 'podns' from request header")
-    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.query_string),
+    parsed = imds.parse_token_request(request.method, request.headers, query_of(request.rel_url.raw_query_string),
                                       metadata_required=False)
     seen.resource = parsed.resource
     broker = request.app[BROKER]
@@ -188,6 +192,69 @@ async def host_token(request: web.Request, seen: Seen) -> web.Response:
     client_id = outcome.identity.client_id if outcome.identity else ""
     body = imds.render_host_token(outcome.grant.primary, resource=parsed.resource, client_id=client_id, now=time.time())
     return json_response(body)
+
+
+_OK = b"HTTP/1.1 200 OK\r\n"
+_JSON_HEADERS = "".join(f"{name}: {value}\r\n" for name, value in (
+    *SERVER_HEADER.items(), ("Content-Type", "application/json; charset=utf-8"))).encode()
+
+
+class FastTokenLane:
+    """The token route's `nmi.listen.FastLane`: a cached token for a caller the caches know, answered and observed
+    as `observed(token)` answers and observes it; None for anything else (a refusal, a miss, a wait, another
+    route, an untrusted cache), which aiohttp then serves through `token` as if this lane did not exist.
+
+    It decides with the same steps as `token` (`route_of`, `imds.parse_token_request`, `TokenBroker.cached_caller`
+    and `cached_outcome`, `RenderedBodies`), each of which answers only what its awaiting twin would."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._broker, self._config, self._bodies = app[BROKER], app[CONFIG], app[BODIES]
+        self._observer, self._drain = app[OBSERVER], app[DRAIN]
+        self._answers: dict[int, tuple[bytes, str, bytes]] = {}  # id(body) -> (body, Date, whole answer)
+
+    def __call__(self, request: SimpleGet, source: str) -> bytes | None:
+        try:
+            return self._answer_now(request, source)
+        except Exception:  # a bug: aiohttp's path answers (500 if it meets the same bug) and nmi keeps serving
+            log.error("internal error in the token route's fast lane", exc_info=True)
+            return None
+
+    def _answer_now(self, request: SimpleGet, source: str) -> bytes | None:
+        if self._drain.cut:
+            return None
+        started = time.perf_counter()
+        _, route = route_of(request.target, self._config.block_instance_metadata)
+        if route is not Route.TOKEN:
+            return None
+        try:
+            parsed = imds.parse_token_request("GET", request.headers, query_of(request.query),
+                                              metadata_required=self._config.metadata_header_required)
+            ip = peer_ip(source)
+            pod = self._broker.cached_caller(ip)
+            outcome = self._broker.cached_outcome(pod, parsed) if pod is not None else None
+        except NmiError:
+            return None  # refused: `token` says why, in its own words
+        if outcome is None:
+            return None
+        body = self._bodies.render(outcome.grant.tokens, resource=parsed.resource, now=time.time())
+        answer = self._answer(body)
+        self._observer.token_request(route=route.value, method="GET", status=200, remote=ip, resource=parsed.resource,
+                                     outcome=outcome, pod=pod, seconds=time.perf_counter() - started)
+        return answer
+
+    def _answer(self, body: bytes) -> bytes:
+        date = rfc822_formatted_time()  # what aiohttp writes, cached by it per second
+        known = self._answers.get(id(body))
+        if known is not None and known[0] is body and known[1] == date:
+            return known[2]
+        answer = fast_http.answer(_OK, _JSON_HEADERS, body, date)
+        if len(self._answers) >= 1024:
+            self._answers.clear()
+        self._answers[id(body)] = (body, date, answer)
+        return answer
+
+
+FAST_LANE = web.AppKey("fast_lane", FastTokenLane)
 
 
 def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonState, proxy: ImdsProxy,
@@ -200,6 +267,7 @@ def token_app(broker: TokenBroker, *, config: TokenServerConfig, state: DaemonSt
     app[PROXY] = proxy
     app[OBSERVER] = observer or AccessObserver()
     app[DRAIN] = Drain()
+    app[FAST_LANE] = FastTokenLane(app)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_only_continue)
     return app
 

@@ -57,16 +57,26 @@ class TokenCache:
         return len(self._entries)
 
     async def get(self, key: Hashable, fetch: Fetch, *, owner: str | None) -> TokenGrant:
-        entry = self._entries.peek(key)
-        now = self._clock()
-        if entry is not None and entry.expires_on - now >= self._policy.unusable_within:
-            self._entries.touch(key)
-            if now >= entry.refresh_at and key not in self._fetching:
-                # Push the next attempt out first, so a failing refresh is not restarted on every hit.
-                entry.refresh_at = now + self._policy.retry_refresh_after
-                self._start_fetch(key, fetch, owner)
-            return entry.grant
+        grant = self.hit(key, fetch, owner=owner)
+        if grant is not None:
+            return grant
         return TokenGrant(await asyncio.shield(self._start_fetch(key, fetch, owner)), cached=False)
+
+    def hit(self, key: Hashable, fetch: Fetch, *, owner: str | None) -> TokenGrant | None:
+        """The cached grant if it is still usable (starting its refresh ahead of expiry when due), else None: what
+        `get` answers without awaiting."""
+        entry = self._entries.peek(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry.expires_on - now < self._policy.unusable_within:
+            return None
+        self._entries.touch(key)
+        if now >= entry.refresh_at and key not in self._fetching:
+            # Push the next attempt out first, so a failing refresh is not restarted on every hit.
+            entry.refresh_at = now + self._policy.retry_refresh_after
+            self._start_fetch(key, fetch, owner)
+        return entry.grant
 
     def ages(self, match: Callable[[Hashable], bool]) -> list[tuple[Hashable, float, float]]:
         """(key, age, seconds left) of the cached entries whose key matches, without touching the LRU order or

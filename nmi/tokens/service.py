@@ -19,7 +19,7 @@ from ..errors import IdentityConfigurationError, TokenRefused
 from ..model import USER_ASSIGNED_MSI, WORKLOAD_IDENTITY, AccessToken, Identity, TokenGrant
 from ..ports import SecretReader, ServiceAccountTokenMinter
 from .assertions import AssertionCache
-from .cache import TokenCache
+from .cache import Fetch, TokenCache
 from .config import CacheLimits, ImdsEndpoint, Runtime, UpstreamHooks, UpstreamLimits
 from .credential_policy import CredentialPolicy, check_identity
 from .credentials import Credential, CredentialLoader
@@ -53,21 +53,37 @@ class TokenService:
                                        sleep=sleep)
 
     async def get(self, identity: Identity, resource: str) -> TokenGrant:
-        check_identity(identity, self._credential_policy)
-        if identity.type == WORKLOAD_IDENTITY:
-            # Keyed by namespace and ServiceAccount: two ServiceAccounts federated to one client ID never share.
-            key = (workload_owner_key(identity), identity.client_id.lower(), identity.tenant_id,
-                   identity.ad_endpoint, resource)
-            return await self._cache.get(key, lambda: self._from_federation(identity, resource),
-                                         owner=workload_owner_key(identity))
-        return await self._cache.get((_identity_cache_key(identity), resource),
-                                     lambda: self._fetch(identity, resource), owner=identity.key)
+        key, fetch, owner = self._slot(identity, resource)
+        return await self._cache.get(key, fetch, owner=owner)
 
     async def get_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
                            object_id: str = "") -> TokenGrant:
-        return await self._cache.get(("node", client_id.lower(), resource_id.lower(), object_id.lower(), resource),
-                                     lambda: self._from_imds(resource, client_id=client_id, resource_id=resource_id,
-                                                             object_id=object_id), owner=None)
+        key, fetch = self._node_slot(resource, client_id=client_id, resource_id=resource_id, object_id=object_id)
+        return await self._cache.get(key, fetch, owner=None)
+
+    def cached(self, identity: Identity, resource: str) -> TokenGrant | None:
+        """What `get` answers without awaiting (a usable cached token), else None."""
+        key, fetch, owner = self._slot(identity, resource)
+        return self._cache.hit(key, fetch, owner=owner)
+
+    def cached_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                        object_id: str = "") -> TokenGrant | None:
+        key, fetch = self._node_slot(resource, client_id=client_id, resource_id=resource_id, object_id=object_id)
+        return self._cache.hit(key, fetch, owner=None)
+
+    def _slot(self, identity: Identity, resource: str) -> tuple[Hashable, Fetch, str]:
+        """The cache key, the fetch on a miss and the cache owner of this identity's token for `resource`."""
+        check_identity(identity, self._credential_policy)
+        if identity.type == WORKLOAD_IDENTITY:
+            # Keyed by namespace and ServiceAccount: two ServiceAccounts federated to one client ID never share.
+            owner = workload_owner_key(identity)
+            key = (owner, identity.client_id.lower(), identity.tenant_id, identity.ad_endpoint, resource)
+            return key, lambda: self._from_federation(identity, resource), owner
+        return (_identity_cache_key(identity), resource), lambda: self._fetch(identity, resource), identity.key
+
+    def _node_slot(self, resource: str, *, client_id: str, resource_id: str, object_id: str) -> tuple[Hashable, Fetch]:
+        key = ("node", client_id.lower(), resource_id.lower(), object_id.lower(), resource)
+        return key, lambda: self._from_imds(resource, client_id=client_id, resource_id=resource_id, object_id=object_id)
 
     def cached_tokens(self, identity: Identity | None) -> list[tuple[str, float, float]]:
         """(resource, age, seconds left) of the tokens cached for this identity (None: the node's own), for

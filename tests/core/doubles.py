@@ -24,6 +24,9 @@ class Pods:
             raise PodConflict()
         return live[0]
 
+    def cached_pod_for_ip(self, ip: str) -> PodInfo | None:
+        return None  # always the awaiting way: these doubles test the use case, not its cached shortcut
+
     def pod_by_name(self, namespace: str, name: str) -> PodInfo | None:
         return next((p for p in self.pods if p.namespace == namespace and p.name == name), None)
 
@@ -84,6 +87,13 @@ class Tokens:
                            object_id: str = "") -> TokenGrant:
         self.calls.append(("node:" + (client_id or resource_id or object_id or "system"), resource))
         return TokenGrant((self._token(client_id or "node-system", resource),))
+
+    def cached(self, identity: Identity, resource: str) -> TokenGrant | None:
+        return None  # nothing is cached here: every call is counted
+
+    def cached_for_node(self, resource: str, *, client_id: str = "", resource_id: str = "",
+                        object_id: str = "") -> TokenGrant | None:
+        return None
 
     def forget(self, keep_identity_keys: set[str]) -> None:
         pass
