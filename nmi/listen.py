@@ -9,8 +9,11 @@ and both probes. Here, per connection:
   request answered, nothing of the next sent) is governed by aiohttp's keep-alive timeout instead, which the
   daemon sets (`KEEPALIVE_SECONDS`); this is Go's ReadHeaderTimeout/IdleTimeout split;
 * at most `per_source` concurrent connections from one source address and `total` in all (derived from
-  RLIMIT_NOFILE with headroom for upstream sockets, watches and files); a connection over either is reset at
-  once, before anything is read from it;
+  RLIMIT_NOFILE with headroom for upstream sockets, watches and files); a connection over either is reset
+  before anything is read from it. It may first wait `ADMIT_GRACE_SECONDS` (50 ms) for a slot, unread, since a
+  client that closes and reconnects (load generators probe with one connection first) is often a step ahead of
+  nmi reading its close; at most `WAITING_PER_SOURCE` (8) wait per source and `WAITING_TOTAL` (64) in all,
+  any more are reset at once;
 * the errors aiohttp's parser answers before any middleware runs (malformed request line, unknown method, header
   too long) are IMDS JSON like every other error, and logged at debug (a pod's garbage is not an nmi error).
 
@@ -45,6 +48,9 @@ HEAD_TIMEOUT_SECONDS = 10.0
 PER_SOURCE_CONNECTIONS = 64
 KEEPALIVE_SECONDS = 60.0  # aiohttp's default (3630 s) is meant for reverse proxies, not for pods
 FD_HEADROOM_MIN = 256  # descriptors kept free of client connections: IMDS/AAD/API sockets, watches, files
+ADMIT_GRACE_SECONDS = 0.05
+WAITING_PER_SOURCE = 8
+WAITING_TOTAL = 64
 
 
 def raise_fd_soft_limit() -> int:
@@ -85,14 +91,33 @@ class ConnectionLimits:
         self.refused = 0
         self.evicted = 0
         self._by_source: dict[str, dict[GuardedRequestHandler, None]] = {}  # insertion order: oldest first
+        self._waiting: dict[str, int] = {}  # connections over a cap waiting for a slot, per source
+
+    def start_waiting(self, source: str) -> bool:
+        """A connection over a cap may wait for a slot (see the module's docstring) unless too many already do."""
+        if self._waiting.get(source, 0) >= WAITING_PER_SOURCE or sum(self._waiting.values()) >= WAITING_TOTAL:
+            return False
+        self._waiting[source] = self._waiting.get(source, 0) + 1
+        return True
+
+    def stop_waiting(self, source: str) -> None:
+        left = self._waiting.get(source, 0) - 1
+        if left > 0:
+            self._waiting[source] = left
+        else:
+            self._waiting.pop(source, None)
+
+    def refuse(self, source: str, transport: asyncio.BaseTransport) -> None:
+        """Reset at once: the descriptor is freed now, not after a close handshake (a stream server's transport)."""
+        self.refused += 1
+        cast(asyncio.Transport, transport).abort()
+        log.debug("connection from %s refused: %d open from it, %d in all", source, self.held_by(source), self.open)
 
     def admit(self, source: str, connection: GuardedRequestHandler) -> bool:
         held = self._by_source.get(source, {})
         if len(held) >= self.per_source and not self._evict_idle(list(held)):
-            self.refused += 1
             return False
         if self.open >= self.total and not self._evict_idle([c for conns in self._by_source.values() for c in conns]):
-            self.refused += 1
             return False
         self._by_source.setdefault(source, {})[connection] = None
         self.open += 1
@@ -124,7 +149,8 @@ FastLane = Callable[[SimpleGet, str], "bytes | None"]
 
 
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors", "_fast")
+    __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors", "_fast",
+                 "_admission")
     # _admitted: aiohttp's connection_made ran (so its connection_lost must run too); the slot in the limits is
     # given back by release(), which is idempotent (an evicted connection gives it back before it is lost)
 
@@ -138,21 +164,40 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._source = ""
         self._admitted = False
+        self._admission: asyncio.TimerHandle | None = None  # over a cap: the one retry, while it waits
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        if not self._limits.admit(self._source, self):
-            # Reset at once: the descriptor is freed now, not after a close handshake (a stream server's transport).
-            cast(asyncio.Transport, transport).abort()
-            log.debug("connection from %s refused: %d open from it, %d in all", self._source,
-                      self._limits.held_by(self._source), self._limits.open)
-            return
+        if self._limits.admit(self._source, self):
+            self._admit(transport)
+        elif self._limits.start_waiting(self._source):
+            cast(asyncio.Transport, transport).pause_reading()  # nothing is read from it before it is admitted
+            self._admission = self._loop.call_later(ADMIT_GRACE_SECONDS, self._admit_late, transport)
+        else:
+            self._limits.refuse(self._source, transport)
+
+    def _admit(self, transport: asyncio.BaseTransport) -> None:
         self._admitted = True
         super().connection_made(transport)
         self._arm_head_timer()
 
+    def _admit_late(self, transport: asyncio.BaseTransport) -> None:
+        self._admission = None
+        self._limits.stop_waiting(self._source)
+        if transport.is_closing():
+            return
+        if not self._limits.admit(self._source, self):
+            self._limits.refuse(self._source, transport)
+            return
+        cast(asyncio.Transport, transport).resume_reading()
+        self._admit(transport)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admission is not None:  # gone while waiting for a slot
+            self._admission.cancel()
+            self._admission = None
+            self._limits.stop_waiting(self._source)
         if not self._admitted:
             return
         self._admitted = False

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from nmi.listen import ConnectionLimits, total_connections_for
+from nmi.listen import WAITING_PER_SOURCE, ConnectionLimits, total_connections_for
 from tests.security import rawhttp
 from tests.security.conftest import BOUND_POD
 from tests.eventually import eventually
@@ -117,6 +117,45 @@ async def test_at_the_cap_an_idle_kept_alive_connection_of_the_source_makes_room
         for _, writer in idle:
             writer.close()
         await eventually(lambda: limits.open == 0)
+
+
+async def test_a_connection_over_the_cap_waits_briefly_for_a_slot_the_client_frees():
+    """Load generators (wrk) probe with one connection, close it and open their N at once, and nmi may see the
+    new ones before the probe's close: a connection over the cap waits up to ADMIT_GRACE_SECONDS, unread, for a
+    slot instead of being reset at once."""
+    limits = ConnectionLimits(per_source=4, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=60) as servers:
+        held = [await open_from(servers.token_port, BOUND_POD) for _ in range(4)]
+        await eventually(lambda: limits.open == 4)
+        reader, writer = await open_from(servers.token_port, BOUND_POD)  # the fifth: waits
+        writer.write(TOKEN)
+        await asyncio.sleep(0.01)
+        held[0][1].close()  # a slot frees within the grace
+        assert (await asyncio.wait_for(read_answer(reader), 10)).startswith(b"HTTP/1.1 200")
+        assert limits.refused == 0 and limits.evicted == 0
+        writer.close()
+        for _, held_writer in held[1:]:
+            held_writer.close()
+        await eventually(lambda: limits.open == 0)
+
+
+async def test_few_connections_wait_for_a_slot_and_none_longer_than_the_grace():
+    limits = ConnectionLimits(per_source=4, total=1000)
+    async with guarded_servers(limits=limits, head_timeout=60) as servers:
+        baseline = open_fds()
+        held = [await open_from(servers.token_port, ATTACKER) for _ in range(4)]
+        await eventually(lambda: limits.open == 4)
+        over = [await open_from(servers.token_port, ATTACKER) for _ in range(WAITING_PER_SOURCE + 12)]
+        ended = [asyncio.create_task(read_to_end(reader)) for reader, _ in over]
+        await eventually(lambda: limits.refused == 12)  # beyond the waiting budget: reset at once
+        assert not any(task.done() for task in ended[:WAITING_PER_SOURCE])  # these wait
+        await asyncio.wait_for(asyncio.gather(*ended), 10)  # then no slot came: reset too
+        assert limits.refused == WAITING_PER_SOURCE + 12 and limits.held_by(ATTACKER) == 4
+        assert limits.start_waiting(ATTACKER)  # nobody is left counted as waiting
+        limits.stop_waiting(ATTACKER)
+        for _, writer in held + over:
+            writer.close()
+        await eventually(lambda: limits.open == 0 and open_fds() <= baseline)
 
 
 async def test_a_head_sent_in_pieces_within_the_timeout_is_served():
