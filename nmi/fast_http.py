@@ -9,9 +9,10 @@ handler's speed. So the listen path (`nmi.listen`) first offers each chunk a con
 * exactly one complete head and nothing after it (no body, no pipelined second request, no partial head);
 * `GET`, an origin-form target of visible ASCII without `#`, `HTTP/1.1`;
 * header lines `name: value` with a token name and a printable-ASCII value, no name twice, at most 8190 bytes in
-  all (aiohttp's own line limit), a Host header (HTTP/1.1 requires one), and none of the headers that change how a
-  message is framed or the connection is used (Content-Length, Transfer-Encoding, Expect, Connection, Upgrade, TE,
-  Trailer) or that aiohttp refuses (Sec-WebSocket-Key1).
+  all (aiohttp's own line limit), at most 64 of them (aiohttp refuses more than 128), a Host header (HTTP/1.1
+  requires one), and none of the headers that change how a message is framed or the connection is used
+  (Content-Length, Transfer-Encoding, Expect, Connection, Proxy-Connection, Upgrade, TE, Trailer) or that aiohttp
+  refuses (Sec-WebSocket-Key1).
 
 Whatever it accepts, aiohttp's parser reads the same way (tests/core/test_fast_http.py proves it against
 aiohttp's own parser), so a request means the same whichever lane serves it. What the fast lane answers is
@@ -25,15 +26,19 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 MAX_HEAD_BYTES = 8190
+# aiohttp's server refuses a head of more than 128 header lines (its C parser; its Python parser already at 127):
+# well below either, and far above what a pod sends (Host, Metadata, a few more).
+MAX_HEADER_LINES = 64
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _HEADER = rb"(" + _TOKEN + rb"):[ \t]*((?:[!-~](?:[ -~]*[!-~])?)?)[ \t]*\r\n"
 _HEAD = re.compile(rb"GET (/[!-\"$-~]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[ \t]*[ -~]*\r\n)*)\r\n")
 _HEADERS = re.compile(_HEADER)
 # Headers that frame a body, ask for an interim answer or change the connection: aiohttp handles those.
-# Sec-WebSocket-Key1 (the old WebSocket handshake) aiohttp refuses outright.
+# Sec-WebSocket-Key1 (the old WebSocket handshake) aiohttp refuses outright. llhttp (aiohttp's C parser) reads
+# Proxy-Connection as Connection: `Proxy-Connection: close` makes aiohttp close after its answer.
 _NOT_SIMPLE = frozenset({"content-length", "transfer-encoding", "expect", "connection", "upgrade", "te", "trailer",
-                         "sec-websocket-key1"})
+                         "sec-websocket-key1", "proxy-connection"})
 
 
 class LowerCaseHeaders(Mapping[str, str]):
@@ -80,6 +85,8 @@ def simple_get(data: bytes) -> SimpleGet | None:
             return None
         headers[key] = value.decode("ascii")
         lines += 1
+        if lines > MAX_HEADER_LINES:  # aiohttp counts them and refuses too many: its to decide
+            return None
     if len(headers) != lines or match.group(2).count(b"\r\n") != lines:  # a name given twice: aiohttp's to decide
         return None
     if "host" not in headers:  # HTTP/1.1 requires it; aiohttp answers 400 without

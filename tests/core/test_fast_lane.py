@@ -188,6 +188,8 @@ async def test_a_cached_token_is_answered_by_the_fast_lane_exactly_as_aiohttp_an
     b"POST /metadata/identity/oauth2/token?resource=a HTTP/1.1\r\nMetadata: true\r\nContent-Length: 0\r\n\r\n",
     b"GET http://169.254.169.254/metadata/identity/oauth2/token?resource=a HTTP/1.1\r\nMetadata: true\r\n\r\n",
     token_get(extra="Metadata: true\r\nMetadata: true\r\n"),
+    token_get(extra="Metadata: true\r\nProxy-Connection: close\r\n"),  # llhttp: close after the answer
+    token_get(extra="Metadata: true\r\n" + "".join(f"X-{n}: y\r\n" for n in range(140))),  # aiohttp: 400
 ])
 async def test_what_the_fast_lane_declines_is_answered_by_aiohttp_as_before(lanes, request_bytes):
     await exchange(lanes.plain_port, token_get())  # a cached token exists: declining is not for want of one
