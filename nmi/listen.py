@@ -13,7 +13,7 @@ and both probes. Here, per connection:
   before anything is read from it. It may first wait `ADMIT_GRACE_SECONDS` (50 ms) for a slot, unread, since a
   client that closes and reconnects (load generators probe with one connection first) is often a step ahead of
   nmi reading its close; at most `WAITING_PER_SOURCE` (8) wait per source and `WAITING_TOTAL` (64) in all,
-  any more are reset at once;
+  any more are reset at once, and so are those still waiting when the site stops (no aiohttp server knows them);
 * the errors aiohttp's parser answers before any middleware runs (malformed request line, unknown method, header
   too long) are IMDS JSON like every other error, and logged at debug (a pod's garbage is not an nmi error).
 
@@ -132,6 +132,11 @@ class ConnectionLimits:
             del self._by_source[source]
         self.open -= 1
 
+    @property
+    def waiting(self) -> int:
+        """Connections over a cap waiting for a slot, from every source."""
+        return sum(self._waiting.values())
+
     def held_by(self, source: str) -> int:
         return len(self._by_source.get(source, ()))
 
@@ -144,18 +149,35 @@ class ConnectionLimits:
         return False
 
 
+class WaitingRoom:
+    """One site's connections waiting for a slot. They belong to no aiohttp server yet, so its shutdown (stop
+    accepting, close every connection) cannot see them: the site resets them when it stops, and any that would
+    start waiting after that."""
+
+    __slots__ = ("handlers", "closed")
+
+    def __init__(self) -> None:
+        self.handlers: set[GuardedRequestHandler] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for handler in list(self.handlers):
+            handler.refuse_waiting()
+
+
 # The token route's fast lane: (request, caller's source address) -> the complete answer, or None to let aiohttp serve.
 FastLane = Callable[[SimpleGet, str], "bytes | None"]
 
 
 class GuardedRequestHandler(RequestHandler):
     __slots__ = ("_limits", "_head_timeout", "_head_timer", "_source", "_admitted", "_json_errors", "_fast",
-                 "_admission")
+                 "_admission", "_room", "_waiting_transport")
     # _admitted: aiohttp's connection_made ran (so its connection_lost must run too); the slot in the limits is
     # given back by release(), which is idempotent (an evicted connection gives it back before it is lost)
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, head_timeout: float, json_errors: bool,
-                 fast: FastLane | None = None, **kwargs: Any) -> None:
+                 fast: FastLane | None = None, room: WaitingRoom | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast  # None once the connection sent anything not plain: aiohttp alone from then on
         self._json_errors = json_errors
@@ -165,15 +187,21 @@ class GuardedRequestHandler(RequestHandler):
         self._source = ""
         self._admitted = False
         self._admission: asyncio.TimerHandle | None = None  # over a cap: the one retry, while it waits
+        self._room = room or WaitingRoom()
+        self._waiting_transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        if self._limits.admit(self._source, self):
+        if self._room.closed:  # the site stopped: accepted just before, served by nobody
+            self._limits.refuse(self._source, transport)
+        elif self._limits.admit(self._source, self):
             self._admit(transport)
         elif self._limits.start_waiting(self._source):
             cast(asyncio.Transport, transport).pause_reading()  # nothing is read from it before it is admitted
             self._admission = self._loop.call_later(ADMIT_GRACE_SECONDS, self._admit_late, transport)
+            self._waiting_transport = transport
+            self._room.handlers.add(self)
         else:
             self._limits.refuse(self._source, transport)
 
@@ -183,8 +211,7 @@ class GuardedRequestHandler(RequestHandler):
         self._arm_head_timer()
 
     def _admit_late(self, transport: asyncio.BaseTransport) -> None:
-        self._admission = None
-        self._limits.stop_waiting(self._source)
+        self._stop_waiting()
         if transport.is_closing():
             return
         if not self._limits.admit(self._source, self):
@@ -193,11 +220,23 @@ class GuardedRequestHandler(RequestHandler):
         cast(asyncio.Transport, transport).resume_reading()
         self._admit(transport)
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._admission is not None:  # gone while waiting for a slot
+    def _stop_waiting(self) -> None:
+        if self._admission is not None:
             self._admission.cancel()
             self._admission = None
             self._limits.stop_waiting(self._source)
+        self._waiting_transport = None
+        self._room.handlers.discard(self)
+
+    def refuse_waiting(self) -> None:
+        """The site stopped while this connection waited for a slot: reset it now."""
+        transport = self._waiting_transport
+        self._stop_waiting()
+        if transport is not None and not transport.is_closing():
+            self._limits.refuse(self._source, transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_waiting()  # gone while waiting for a slot
         if not self._admitted:
             return
         self._admitted = False
@@ -297,7 +336,7 @@ def imds_json_error(status: int, description: str) -> web.Response:
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections are GuardedRequestHandlers; stop/cleanup work as for any site."""
 
-    __slots__ = ("_limits", "_head_timeout", "_json_errors", "_fast")
+    __slots__ = ("_limits", "_head_timeout", "_json_errors", "_fast", "_room")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limits: ConnectionLimits,
                  head_timeout: float = HEAD_TIMEOUT_SECONDS, json_errors: bool = False,
@@ -307,6 +346,7 @@ class GuardedSite(web.TCPSite):
         self._limits = limits
         self._head_timeout = head_timeout
         self._json_errors = json_errors  # the token port answers IMDS JSON errors only; probes keep aiohttp's
+        self._room = WaitingRoom()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner; TCPSite.start would listen unguarded
@@ -317,9 +357,15 @@ class GuardedSite(web.TCPSite):
 
         def guarded() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, limits=self._limits, head_timeout=self._head_timeout,
-                                         json_errors=self._json_errors, fast=self._fast, **handler_kwargs)
+                                         json_errors=self._json_errors, fast=self._fast, room=self._room,
+                                         **handler_kwargs)
 
         self._server = await loop.create_server(guarded, self._host, self._port, backlog=self._backlog,
                                                 reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        """Stop accepting, and reset the connections still waiting for a slot (no server would ever close them)."""
+        self._room.close()
+        await super().stop()

@@ -9,8 +9,11 @@ import os
 import socket
 
 import pytest
+from aiohttp import web
 
-from nmi.listen import WAITING_PER_SOURCE, ConnectionLimits, total_connections_for
+from nmi.listen import WAITING_PER_SOURCE, ConnectionLimits, GuardedSite, total_connections_for
+from nmi.readiness import DaemonState
+from nmi.server import probe_app
 from tests.security import rawhttp
 from tests.security.conftest import BOUND_POD
 from tests.eventually import eventually
@@ -156,6 +159,31 @@ async def test_few_connections_wait_for_a_slot_and_none_longer_than_the_grace():
         for _, writer in held + over:
             writer.close()
         await eventually(lambda: limits.open == 0 and open_fds() <= baseline)
+
+
+async def test_a_connection_waiting_for_a_slot_when_the_server_stops_is_reset_not_served_by_a_stopped_server():
+    """Found attacking the waiting admission: a connection waiting for a slot belongs to no aiohttp server yet, so
+    shutdown (stop accepting, close every connection) passed it by; the slot the shutdown freed then admitted it
+    into the stopped server, which served it and never closed it."""
+    limits = ConnectionLimits(per_source=1, total=1000)
+    runner = web.AppRunner(probe_app(DaemonState(chain_required=False, cache_problems=list)), access_log=None)
+    await runner.setup()
+    try:
+        site = GuardedSite(runner, "127.0.0.1", 0, limits=limits, head_timeout=60)
+        await site.start()
+        held = await open_from(site.port, ATTACKER)
+        await eventually(lambda: limits.open == 1)
+        reader, writer = await open_from(site.port, ATTACKER)
+        writer.write(HEALTHZ)
+        await eventually(lambda: limits.waiting == 1)
+    finally:
+        await runner.cleanup()  # closes the held connection: its slot is free while the other still waits
+    try:
+        assert await asyncio.wait_for(read_to_end(reader), 10) == b""  # reset, never answered
+        await eventually(lambda: limits.waiting == 0 and limits.open == 0)
+    finally:
+        writer.close()
+        held[1].close()
 
 
 async def test_a_head_sent_in_pieces_within_the_timeout_is_served():
