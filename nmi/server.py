@@ -223,17 +223,17 @@ class FastTokenLane:
         if self._drain.cut:
             return None
         started = time.perf_counter()
-        _, route = route_of(request.target, self._config.block_instance_metadata)
-        if route is not Route.TOKEN:
-            return None
         try:
+            _, route = route_of(request.target, self._config.block_instance_metadata)
+            if route is not Route.TOKEN:
+                return None
             parsed = imds.parse_token_request("GET", request.headers, query_of(request.query),
                                               metadata_required=self._config.metadata_header_required)
             ip = peer_ip(source)
             pod = self._broker.cached_caller(ip)
             outcome = self._broker.cached_outcome(pod, parsed) if pod is not None else None
         except NmiError:
-            return None  # refused: `token` says why, in its own words
+            return None  # refused (the path or the request): aiohttp's path says why, in its own words
         if outcome is None:
             return None
         body = self._bodies.render(outcome.grant.tokens, resource=parsed.resource, now=time.time())

@@ -360,3 +360,18 @@ async def test_a_bug_in_the_fast_lane_leaves_the_request_to_aiohttp_and_the_daem
     assert broken.failures == 2  # the lane's own observer, once per request
     assert lanes.lane.answered == 0
     assert status == again == b"HTTP/1.1 200 OK"  # answered by aiohttp's path (its observer is the app's)
+
+
+@pytest.mark.parametrize("target", [
+    "/metadata/identity/oauth2/token%ff?resource=" + quote(ARM, safe=""),  # not UTF-8 once decoded
+    "/metadata/identity/oauth2/token%00?resource=" + quote(ARM, safe=""),  # a NUL
+])
+async def test_a_path_nmi_refuses_is_not_an_internal_error_of_the_fast_lane(lanes, caplog, target):
+    """Found attacking the lane: the route was looked up outside the lane's refusal handling, so a path that
+    canonical_path refuses (400 on either lane) was logged as an internal error with a traceback, at ERROR, once
+    per request: any pod could flood nmi's error log."""
+    await exchange(lanes.plain_port, token_get())
+    fast, plain = await same_second_pair(lanes, token_get(target=target))
+    assert without_date(fast) == without_date(plain) and fast[0] == b"HTTP/1.1 400 Bad Request"
+    assert lanes.lane.answered == 0
+    assert "internal error" not in caplog.text
