@@ -62,6 +62,7 @@ class Lanes:
     lane: Counting
     imds: FakeImds
     apiserver: Any
+    server: Any = None  # aiohttp's web.Server behind both ports
 
 
 async def _serve(runner: web.AppRunner, *, fast: Any) -> int:
@@ -98,7 +99,8 @@ async def lanes(apiserver, tmp_path) -> AsyncIterator[Lanes]:
 
         stack.push_async_callback(stop_tasks)
         lane = Counting(app[FAST_LANE])
-        found = Lanes(await _serve(runner, fast=lane), await _serve(runner, fast=None), lane, imds, apiserver)
+        found = Lanes(await _serve(runner, fast=lane), await _serve(runner, fast=None), lane, imds, apiserver,
+                      runner.server)
         await eventually(lambda: parts.state.ready, timeout=20, what="caches synced")
         yield found
 
@@ -375,3 +377,29 @@ async def test_a_path_nmi_refuses_is_not_an_internal_error_of_the_fast_lane(lane
     assert without_date(fast) == without_date(plain) and fast[0] == b"HTTP/1.1 400 Bad Request"
     assert lanes.lane.answered == 0
     assert "internal error" not in caplog.text
+
+
+async def test_while_writing_is_paused_the_fast_lane_leaves_requests_to_aiohttp(lanes):
+    """A pod that sends and does not read fills nmi's send buffer: the transport pauses writing, and from then on
+    the lane must not write more (its answers would pile up unbounded in nmi's memory); aiohttp's path answers,
+    waits for the drain, and its queue of parsed requests is bounded and pauses reading."""
+    await exchange(lanes.plain_port, token_get())
+    connection = await Connection.open(lanes.fast_port)
+    try:
+        await connection.send(token_get())
+        assert (await connection.response())[0] == b"HTTP/1.1 200 OK" and lanes.lane.answered == 1
+        (handler,) = [h for h in lanes.server.connections
+                      if h.transport is not None and h.transport.get_extra_info("sockname")[1] == lanes.fast_port]
+        handler.pause_writing()  # as the transport does when its buffer passes the high-water mark
+        try:
+            await connection.send(token_get())
+            assert (await connection.response())[0] == b"HTTP/1.1 200 OK"
+            assert lanes.lane.answered == 1 and len(lanes.lane.offered) == 1  # aiohttp's answer
+        finally:
+            handler.resume_writing()
+        await eventually(handler._waiting_for_next_request, what="aiohttp's answer drained")
+        await connection.send(token_get())
+        assert (await connection.response())[0] == b"HTTP/1.1 200 OK"
+        assert lanes.lane.answered == 2  # the lane answers again
+    finally:
+        connection.close()
