@@ -403,3 +403,22 @@ async def test_while_writing_is_paused_the_fast_lane_leaves_requests_to_aiohttp(
         assert lanes.lane.answered == 2  # the lane answers again
     finally:
         connection.close()
+
+
+async def test_a_stale_binding_cache_is_not_trusted_by_the_fast_lane_while_the_pod_cache_is_fresh(lanes):
+    """Only the bindings' watch breaks (the pod cache stays fresh, so the caller is still known): aiohttp's path
+    answers 503 + Retry-After, and so must the lane, which would otherwise hand out a token on the strength of
+    bindings that may have been removed meanwhile."""
+    await exchange(lanes.plain_port, token_get())
+    assert (await exchange(lanes.fast_port, token_get()))[0] == b"HTTP/1.1 200 OK"
+    assert lanes.lane.answered == 1
+    lanes.apiserver.fail_next(10_000, status=500, path_prefix="/apis/aadpodidentity.k8s.io/v1/azureidentitybindings")
+    lanes.apiserver.cut_watches("azureidentitybindings")
+
+    async def untrusted() -> bool:
+        return (await exchange(lanes.plain_port, token_get()))[0] == b"HTTP/1.1 503 Service Unavailable"
+
+    await eventually(untrusted, timeout=30, what="the binding cache no longer trusted")
+    fast, plain = await same_second_pair(lanes, token_get())
+    assert without_date(fast) == without_date(plain) and fast[0] == b"HTTP/1.1 503 Service Unavailable"
+    assert lanes.lane.answered == 1
