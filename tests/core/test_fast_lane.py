@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from fakes.imds import Fault, FakeImds, VmIdentity
-from fakes.kubeobjects import make_binding, make_identity, make_pod
+from fakes.kubeobjects import make_binding, make_exception, make_identity, make_pod
 from nmi.assembly import assemble
 from nmi.fast_http import SimpleGet
 from nmi.listen import ConnectionLimits, GuardedSite
@@ -422,3 +422,31 @@ async def test_a_stale_binding_cache_is_not_trusted_by_the_fast_lane_while_the_p
     fast, plain = await same_second_pair(lanes, token_get())
     assert without_date(fast) == without_date(plain) and fast[0] == b"HTTP/1.1 503 Service Unavailable"
     assert lanes.lane.answered == 1
+
+
+async def test_an_exception_pod_gets_from_the_fast_lane_the_node_identity_it_selected_and_no_other(lanes):
+    """An AzurePodIdentityException pod is answered with the node's identity, selected as IMDS selects it: a node
+    token cached for one selector (client_id, object_id) must not answer a request naming another."""
+    exempt = "127.0.0.2"
+    lanes.apiserver.put(make_pod("exempt", "default", exempt, NODE, labels={"exempt": "yes"}))
+    lanes.apiserver.put(make_exception("exempt", "default", pod_labels={"exempt": "yes"}))
+    base = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=" + quote(ARM, safe="")
+    by_client_id = token_get(target=f"{base}&client_id={VM.client_id}")
+
+    async def node_token_served() -> bool:
+        return (await exchange(lanes.plain_port, by_client_id, exempt))[0] == b"HTTP/1.1 200 OK"
+
+    await eventually(node_token_served, timeout=10, what="the exception pod known")
+    for selector in (f"client_id={VM.client_id}", f"object_id={VM.object_id}"):
+        request = token_get(target=f"{base}&{selector}")
+        await exchange(lanes.plain_port, request, exempt)  # cached through aiohttp's path
+        before = lanes.lane.answered
+        fast, plain = await same_second_pair(lanes, request, exempt)
+        assert fast[0] == b"HTTP/1.1 200 OK" and json.loads(fast[2])["client_id"] == VM.client_id
+        assert without_date(fast) == without_date(plain) and lanes.lane.answered == before + 1
+    before = lanes.lane.answered
+    for selector in ("client_id=bbbbbbbb-2222-4222-8222-bbbbbbbbbbbb", "object_id=0b000000-0000-4000-8000-00000000000b",
+                     f"client_id={VM.client_id.upper()}x"):
+        fast, plain = await same_second_pair(lanes, token_get(target=f"{base}&{selector}"), exempt)
+        assert fast[0] != b"HTTP/1.1 200 OK" and without_date(fast) == without_date(plain)
+    assert lanes.lane.answered == before
