@@ -313,7 +313,7 @@ def _explain_query(request: web.Request) -> dict[str, str]:
     if request.method != "GET":
         raise MethodNotAllowed("/explain accepts GET only")
     query: dict[str, str] = {}
-    for key, value in imds.parse_query(request.query_string):
+    for key, value in imds.parse_query(request.rel_url.raw_query_string):  # decoded once, as the token routes
         if key in query or key not in EXPLAIN_PARAMETERS:
             raise BadRequest(f"query parameter {key[:64]!r} is repeated or unknown")
         query[key] = value.strip()

@@ -214,3 +214,13 @@ async def test_explain_checks_its_query_and_turns_a_bug_into_500_json(aiohttp_cl
     assert bug.status == 500 and "explain-internal-detail" not in await bug.text()
     assert any(r.exc_info and "internal error handling /explain" in r.getMessage() for r in caplog.records)
     assert len(asked) == 2  # refused queries never reach explain
+
+
+async def test_explain_decodes_its_query_once(aiohttp_client):
+    """A resource holding `%41` and `+` is explained as given (aiohttp's query_string is decoded already; parsing
+    it again turned them into `A` and a space)."""
+    asked: list[dict[str, str]] = []
+    client = await aiohttp_client(probe_app(DaemonState(), explain=lambda query: asked.append(dict(query)) or {}))
+    resource = "https://vault.azure.net/%41+b&c=d"
+    assert (await client.get("/explain", params={"namespace": "default", "pod": "app", "resource": resource})).status == 200
+    assert asked == [{"namespace": "default", "pod": "app", "resource": resource}]
