@@ -19,7 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .processes import REPO_ROOT, ServerProcess, compile_bytecode, cpu_layout, run_load, running, token_answer
+from .processes import (REPO_ROOT, ServerProcess, compile_bytecode, cpu_layout, print_json, run_load, running,
+                        token_answer)
 from .scale import world_objects
 from .scenarios import _baseline, _best_of, _measured, _nmi
 from .world import BenchFakes
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = compare(args.before.resolve(), rounds=args.rounds, requests=args.requests,
                      concurrency=args.concurrency, identities=args.identities)
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    print_json(result)
     return 0
 
 

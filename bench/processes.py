@@ -35,6 +35,12 @@ def compile_bytecode(tree: Path = REPO_ROOT) -> None:
             compileall.compile_dir(tree / package, quiet=1)
 
 
+def print_json(result: object) -> None:
+    """A bench entry point's result: one JSON object on stdout."""
+    json.dump(result, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
 def free_port() -> int:
     return unused_port()
 

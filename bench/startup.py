@@ -11,7 +11,6 @@ on start-up. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -20,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .processes import compile_bytecode, cpu_layout, running
+from .processes import compile_bytecode, cpu_layout, print_json, running
 from .scale import world_objects
 from .scenarios import _nmi
 from .world import BenchFakes
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = startup(workdir=Path(tempfile.mkdtemp(prefix="nmi-startup-")), runs=args.runs, pods=args.pods,
                      identities=args.identities, namespaces=args.namespaces)
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    print_json(result)
     return 0
 
 

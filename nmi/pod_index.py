@@ -80,11 +80,7 @@ class PodIndex:
         if self.health is not None and self.health.state(POD_CACHE) != FRESH:
             return None
         owners = self._by_ip.get(ip)
-        if owners is None or len(owners) != 1:
-            return None
-        for pod in owners.values():
-            return pod
-        return None
+        return next(iter(owners.values())) if owners is not None and len(owners) == 1 else None
 
     async def pod_for_ip(self, ip: str) -> PodInfo:
         state = self.health.state(POD_CACHE) if self.health is not None else FRESH

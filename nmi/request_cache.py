@@ -7,6 +7,9 @@ Pure functions over `imds`; no web framework, so the rules stay those `imds` sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from . import imds
 from .imds import Route
 from .model import AccessToken
@@ -40,6 +43,18 @@ def query_of(query_string: str) -> list[tuple[str, str]]:
     return list(known)
 
 
+# (body, its whole second) -> the whole HTTP answer around it (the token route's fast lane frames bodies).
+Frame = Callable[[bytes, int], bytes]
+
+
+@dataclass(slots=True)
+class _Rendered:
+    tokens: tuple[AccessToken, ...]
+    second: int
+    body: bytes
+    framed: bytes | None = None
+
+
 class RenderedBodies:
     """Token answers rendered once per cached token set, resource and second: a cache hit reuses the bytes.
 
@@ -49,15 +64,25 @@ class RenderedBodies:
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._max_entries = max_entries
-        self._bodies: dict[tuple[int, str], tuple[tuple[AccessToken, ...], int, bytes]] = {}
+        self._bodies: dict[tuple[int, str], _Rendered] = {}
 
     def render(self, tokens: tuple[AccessToken, ...], *, resource: str, now: float) -> bytes:
+        return self._rendered(tokens, resource, now).body
+
+    def framed(self, tokens: tuple[AccessToken, ...], *, resource: str, now: float, frame: Frame) -> bytes:
+        """`frame` around the body, made once per body (an instance is given one `frame` only)."""
+        rendered = self._rendered(tokens, resource, now)
+        if rendered.framed is None:
+            rendered.framed = frame(rendered.body, rendered.second)
+        return rendered.framed
+
+    def _rendered(self, tokens: tuple[AccessToken, ...], resource: str, now: float) -> _Rendered:
         key, second = (id(tokens), resource), int(now)
         known = self._bodies.get(key)
-        if known is not None and known[0] is tokens and known[1] == second:
-            return known[2]
-        body = imds.render_tokens(tokens, resource=resource, now=now).encode()
+        if known is not None and known.tokens is tokens and known.second == second:
+            return known
+        rendered = _Rendered(tokens, second, imds.render_tokens(tokens, resource=resource, now=now).encode())
         if len(self._bodies) >= self._max_entries:
             self._bodies.clear()
-        self._bodies[key] = (tokens, second, body)
-        return body
+        self._bodies[key] = rendered
+        return rendered
